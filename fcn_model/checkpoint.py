@@ -1,0 +1,277 @@
+"""Checkpoints: one safetensors file holding the weights and, in its header, JSON metadata.
+
+Loading never unpickles: safetensors stores raw tensors and a JSON header only.
+The metadata says everything a run needs besides the weights: the architecture
+(variant, width, bands, classes), the per-band normalisation, the class colours
+and where the weights came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+from .network import _FCN, VARIANTS, build_model
+
+FORMAT_NAME = "fcn-remote-sensing-checkpoint"
+FORMAT_VERSION = 1
+
+# Distinct colours for classes that come without one (QGIS-friendly, colour-blind aware first).
+_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+
+
+def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """A colour per class: a fixed palette, then deterministic pseudo-random colours."""
+    colors = list(_PALETTE[:num_classes])
+    for i in range(len(colors), num_classes):
+        digest = hashlib.sha256(f"class-{i}".encode()).digest()
+        colors.append((digest[0], digest[1], digest[2]))
+    return tuple(colors)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a checkpoint says about its model, besides the weights.
+
+    ``bands`` are 1-based source band indexes (GDAL's convention), in the order
+    the network sees them; ``mean`` and ``std`` normalise those bands in that order.
+    """
+
+    variant: str
+    width: float
+    bands: tuple[int, ...]
+    classes: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skip_scaling: bool = False
+    learnable_upsampling: bool = False
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        raw = json.loads(text)
+        return cls(
+            variant=str(raw["variant"]),
+            width=float(raw["width"]),
+            bands=tuple(int(b) for b in raw["bands"]),
+            classes=tuple(str(c) for c in raw["classes"]),
+            colors=tuple((int(r), int(g), int(b)) for r, g, b in raw["colors"]),
+            mean=tuple(float(v) for v in raw["mean"]),
+            std=tuple(float(v) for v in raw["std"]),
+            skip_scaling=bool(raw.get("skip_scaling", False)),
+            learnable_upsampling=bool(raw.get("learnable_upsampling", False)),
+            provenance=dict(raw.get("provenance", {})),
+            format_version=int(raw.get("format_version", FORMAT_VERSION)),
+        )
+
+    def build(self) -> _FCN:
+        """A freshly initialised model with this architecture."""
+        return build_model(
+            self.variant,  # type: ignore[arg-type]
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            width=self.width,
+            skip_scaling=self.skip_scaling,
+            learnable_upsampling=self.learnable_upsampling,
+        )
+
+
+def _validate(meta: ModelMeta, model: _FCN) -> None:
+    problems = []
+    if len(meta.classes) != model.num_classes:
+        problems.append(f"{len(meta.classes)} class names for a {model.num_classes}-class model")
+    if len(meta.bands) != model.in_channels:
+        problems.append(f"{len(meta.bands)} bands for a {model.in_channels}-band model")
+    if any(b < 1 for b in meta.bands):
+        problems.append(f"bands are 1-based, got {list(meta.bands)}")
+    if len(meta.mean) != len(meta.bands) or len(meta.std) != len(meta.bands):
+        problems.append(
+            f"mean and std need one value per band ({len(meta.bands)}), "
+            f"got {len(meta.mean)} and {len(meta.std)}"
+        )
+    if any(not s > 0 for s in meta.std):
+        problems.append(f"std must be positive, got {list(meta.std)}")
+    if len(meta.colors) != len(meta.classes):
+        problems.append(f"{len(meta.colors)} colours for {len(meta.classes)} classes")
+    if any(not 0 <= c <= 255 for rgb in meta.colors for c in rgb):
+        problems.append("colours are RGB triples of 0-255")
+    if len(set(meta.classes)) != len(meta.classes):
+        problems.append(f"class names must be unique, got {list(meta.classes)}")
+    if problems:
+        raise CheckpointError("Invalid checkpoint metadata: " + "; ".join(problems) + ".")
+
+
+def save_checkpoint(
+    path: str | PathLike[str],
+    model: _FCN,
+    *,
+    classes: Sequence[str],
+    bands: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    colors: Sequence[Sequence[int]] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` and its metadata to exactly ``path`` (one safetensors file).
+
+    The file is written to a temporary name beside ``path`` and renamed, so a
+    reader never sees half a checkpoint.
+
+    Parameters
+    ----------
+    path
+        Output file; by convention it ends in ``.safetensors``.
+    model
+        An FCN32s, FCN16s or FCN8s.
+    classes
+        One name per output class, in class-id order.
+    bands
+        1-based source band indexes the model reads, in input-channel order.
+    mean, std
+        Per-band normalisation applied as ``(value - mean) / std``.
+    colors
+        RGB (0-255) per class; a default palette when omitted.
+    provenance
+        Free-form facts about where the weights came from (data, run, parent).
+    """
+    path = Path(path)
+    meta = ModelMeta(
+        variant=model.variant,
+        width=model.width,
+        bands=tuple(int(b) for b in bands),
+        classes=tuple(str(c) for c in classes),
+        colors=tuple(tuple(int(v) for v in c) for c in colors)  # type: ignore[misc]
+        if colors is not None
+        else default_colors(len(classes)),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        skip_scaling=model.skip_scaling,
+        learnable_upsampling=model.learnable_upsampling,
+        provenance={
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            **dict(provenance or {}),
+        },
+    )
+    _validate(meta, model)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "meta": meta.to_json(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_meta(path: str | PathLike[str]) -> ModelMeta:
+    """Read only a checkpoint's metadata (cheap: the header, not the weights)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: not a checkpoint (not a readable safetensors file: {exc})."
+        ) from exc
+    if header.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{path}: a safetensors file, but not a checkpoint of this project "
+            f"(header format {header.get('format')!r}, expected {FORMAT_NAME!r})."
+        )
+    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {header['format_version']} is newer than this "
+            f"software reads ({FORMAT_VERSION}); upgrade the package."
+        )
+    try:
+        meta = ModelMeta.from_json(header["meta"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is unreadable ({exc}).") from exc
+    if meta.variant not in VARIANTS:
+        raise CheckpointError(f"{path}: unknown variant {meta.variant!r}.")
+    return meta
+
+
+def load_checkpoint(
+    path: str | PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[_FCN, ModelMeta]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Returns
+    -------
+    (model, meta)
+        The model in eval mode on ``device``, and its metadata.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    model = meta.build()
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: checkpoint weights are unreadable ({exc}).") from exc
+    try:
+        _validate(meta, model)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, CheckpointError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the metadata ({exc}).") from exc
+    return model.to(device).eval(), meta
+
+
+def checkpoint_digest(path: str | PathLike[str]) -> str:
+    """SHA-256 of the checkpoint file: the model's identity in outputs and manifests."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

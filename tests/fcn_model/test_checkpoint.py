@@ -1,0 +1,125 @@
+"""Checkpoints: round trip, metadata, and clear failures on bad files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fcn_model import (
+    CheckpointError,
+    FCN8s,
+    FCN16s,
+    checkpoint_digest,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+
+
+@pytest.fixture
+def trained_like(tmp_path):
+    torch.manual_seed(3)
+    model = FCN16s(3, in_channels=4, width=0.125, skip_scaling=True).eval()
+    with torch.no_grad():  # move off the initial state so a fresh build would differ
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = save_checkpoint(
+        tmp_path / "model.safetensors",
+        model,
+        classes=["land", "water", "cloud"],
+        bands=[4, 3, 2, 8],
+        mean=[100.0, 200.0, 300.0, 400.0],
+        std=[10.0, 20.0, 30.0, 40.0],
+        colors=[(0, 128, 0), (0, 0, 255), (255, 255, 255)],
+        provenance={"data": "unit test"},
+    )
+    return model, path
+
+
+def test_round_trip_gives_identical_outputs(trained_like):
+    model, path = trained_like
+    loaded, meta = load_checkpoint(path)
+    x = torch.randn(2, 4, 70, 45)
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
+    assert type(loaded) is FCN16s and not loaded.training
+    assert loaded.skip_scaling and loaded.width == 0.125
+    assert meta.variant == "fcn16s"
+    assert meta.bands == (4, 3, 2, 8)
+    assert meta.classes == ("land", "water", "cloud")
+    assert meta.colors == ((0, 128, 0), (0, 0, 255), (255, 255, 255))
+    assert meta.mean == (100.0, 200.0, 300.0, 400.0) and meta.std[3] == 40.0
+    assert meta.provenance["data"] == "unit test" and "created" in meta.provenance
+
+
+def test_checkpoint_is_written_exactly_at_path_and_nowhere_else(trained_like, tmp_path):
+    _, path = trained_like
+    assert path == tmp_path / "model.safetensors" and path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    assert read_meta(path).num_classes == 3
+    assert len(checkpoint_digest(path)) == 64
+
+
+def test_default_colours_are_distinct(tmp_path):
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", FCN8s(12, width=0.125),
+        classes=[f"c{i}" for i in range(12)], bands=[1, 2, 3], mean=[0] * 3, std=[1] * 3,
+    )  # fmt: skip
+    colors = read_meta(path).colors
+    assert len(colors) == 12 and len(set(colors)) == 12
+
+
+def test_metadata_that_does_not_fit_the_model_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="2 class names for a 3-class model"):
+        save_checkpoint(
+            tmp_path / "m.safetensors", FCN8s(3, width=0.125),
+            classes=["a", "b"], bands=[1, 2, 3], mean=[0] * 3, std=[1] * 3,
+        )  # fmt: skip
+    with pytest.raises(CheckpointError, match="std must be positive"):
+        save_checkpoint(
+            tmp_path / "m.safetensors", FCN8s(2, width=0.125),
+            classes=["a", "b"], bands=[1, 2, 3], mean=[0] * 3, std=[1, 0, 1],
+        )  # fmt: skip
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_file_that_is_not_a_checkpoint_fails_naming_it(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"notes\.txt: not a checkpoint"):
+        load_checkpoint(text)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.safetensors: .*not a checkpoint of this"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match=r"missing\.safetensors: no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_a_truncated_checkpoint_fails_naming_it(trained_like, tmp_path):
+    _, path = trained_like
+    data = path.read_bytes()
+    for cut in (len(data) // 2, 20, len(data) - 1):
+        broken = tmp_path / f"cut{cut}.safetensors"
+        broken.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match=rf"cut{cut}\.safetensors"):
+            load_checkpoint(broken)
+
+
+def test_weights_that_disagree_with_metadata_fail(trained_like, tmp_path):
+    model, path = trained_like
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    meta = json.loads(header["meta"])
+    meta["classes"] = ["a", "b", "c", "d"]
+    meta["colors"] = [[0, 0, 0]] * 4
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    lying = tmp_path / "lying.safetensors"
+    save_file(state, lying, metadata={**header, "meta": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=r"lying\.safetensors: weights do not fit"):
+        load_checkpoint(lying)
