@@ -65,9 +65,13 @@ def test_checkpoint_is_written_exactly_at_path_and_nowhere_else(trained_like, tm
 
 def test_default_colours_are_distinct(tmp_path):
     path = save_checkpoint(
-        tmp_path / "m.safetensors", FCN8s(12, width=0.125),
-        classes=[f"c{i}" for i in range(12)], bands=[1, 2, 3], mean=[0] * 3, std=[1] * 3,
-    )  # fmt: skip
+        tmp_path / "m.safetensors",
+        FCN8s(12, width=0.125),
+        classes=[f"c{i}" for i in range(12)],
+        bands=[1, 2, 3],
+        mean=[0] * 3,
+        std=[1] * 3,
+    )
     colors = read_meta(path).colors
     assert len(colors) == 12 and len(set(colors)) == 12
 
@@ -75,14 +79,22 @@ def test_default_colours_are_distinct(tmp_path):
 def test_metadata_that_does_not_fit_the_model_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="2 class names for a 3-class model"):
         save_checkpoint(
-            tmp_path / "m.safetensors", FCN8s(3, width=0.125),
-            classes=["a", "b"], bands=[1, 2, 3], mean=[0] * 3, std=[1] * 3,
-        )  # fmt: skip
+            tmp_path / "m.safetensors",
+            FCN8s(3, width=0.125),
+            classes=["a", "b"],
+            bands=[1, 2, 3],
+            mean=[0] * 3,
+            std=[1] * 3,
+        )
     with pytest.raises(CheckpointError, match="std must be positive"):
         save_checkpoint(
-            tmp_path / "m.safetensors", FCN8s(2, width=0.125),
-            classes=["a", "b"], bands=[1, 2, 3], mean=[0] * 3, std=[1, 0, 1],
-        )  # fmt: skip
+            tmp_path / "m.safetensors",
+            FCN8s(2, width=0.125),
+            classes=["a", "b"],
+            bands=[1, 2, 3],
+            mean=[0] * 3,
+            std=[1, 0, 1],
+        )
     assert not any(tmp_path.iterdir())
 
 

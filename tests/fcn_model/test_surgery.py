@@ -16,8 +16,26 @@ def torchvision_vgg16(num_classes: int = 1000) -> tuple[nn.Sequential, nn.Sequen
     test needs no torchvision: ``features`` and ``classifier``."""
     layers: list[nn.Module] = []
     channels = 3
-    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-              512, 512, 512, "M"):  # fmt: skip
+    for v in (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+    ):
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:

@@ -1,0 +1,186 @@
+"""Scene reading: metadata, band selection, validity masks and windowed reads.
+
+GDAL dataset handles are not thread-safe, so a :class:`TileReader` keeps one
+handle per thread (and each process builds its own reader). A scene is only ever
+read window by window.
+
+Validity comes from the file itself, through GDAL's mask machinery: a declared
+nodata value, an internal or sidecar (``.msk``) mask, or an alpha band. As with
+GDAL's dataset mask, a pixel is valid when any selected band is valid there; a
+band that is invalid (or not finite) inside a valid pixel is replaced by its mean,
+which normalises to 0. Non-finite values count as invalid even with no nodata
+declared, as real float archives often hold NaN without saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window as RioWindow
+
+from .errors import SceneError
+from .planning import Window
+
+#: The one GDAL driver an untrusted scene is opened with (COGs are GeoTIFFs too); not
+#: every driver GDAL has, as several parse formats that can reference other files.
+SCENE_DRIVER = "GTiff"
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What planning and writing need to know about a scene, read from its header."""
+
+    path: str
+    height: int
+    width: int
+    count: int
+    dtypes: tuple[str, ...]
+    crs_wkt: str | None
+    transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
+    nodata: float | None
+    mask_flags: tuple[tuple[str, ...], ...]
+    size_bytes: int
+    mtime_ns: int
+
+
+def open_raster(path: str | PathLike[str]) -> rasterio.io.DatasetReader:
+    """Open a scene with the allowed drivers only, or raise :class:`SceneError`."""
+    path = str(path)
+    if "://" not in path and not os.path.exists(path):
+        raise SceneError(path, "no such file")
+    try:
+        return rasterio.open(path, driver=SCENE_DRIVER)
+    except RasterioError as exc:
+        raise SceneError(path, f"not a readable {SCENE_DRIVER} raster ({exc})") from exc
+
+
+def inspect_scene(path: str | PathLike[str]) -> SceneInfo:
+    """Read a scene's header (no pixels)."""
+    with open_raster(path) as src:
+        t = src.transform
+        if t.b != 0 or t.d != 0:
+            raise SceneError(
+                path,
+                "rotated or sheared geotransform; output label rasters carry 1-D x/y "
+                "coordinates, so warp the scene to a north-up grid first (gdalwarp)",
+            )
+        stat = os.stat(path) if "://" not in str(path) else None
+        return SceneInfo(
+            path=str(path),
+            height=src.height,
+            width=src.width,
+            count=src.count,
+            dtypes=tuple(src.dtypes),
+            crs_wkt=src.crs.to_wkt() if src.crs else None,
+            transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+            nodata=src.nodata,
+            mask_flags=tuple(tuple(f.name for f in flags) for flags in src.mask_flag_enums),
+            size_bytes=stat.st_size if stat else -1,
+            mtime_ns=stat.st_mtime_ns if stat else -1,
+        )
+
+
+def resolve_bands(
+    info: SceneInfo, bands: Sequence[int], *, expected: int | None = None
+) -> tuple[int, ...]:
+    """Check 1-based band indexes against the scene (and the model's band count)."""
+    bands = tuple(int(b) for b in bands)
+    if expected is not None and len(bands) != expected:
+        raise SceneError(
+            info.path,
+            f"the model takes {expected} bands but {len(bands)} were selected "
+            f"({list(bands)}); choose {expected} with --bands",
+        )
+    bad = [b for b in bands if not 1 <= b <= info.count]
+    if bad:
+        raise SceneError(
+            info.path,
+            f"band index {bad[0]} does not exist: the file has {info.count} band(s), "
+            f"numbered 1..{info.count} (GDAL's 1-based convention)",
+        )
+    return bands
+
+
+class TileReader:
+    """Reads normalised windows of selected bands and their validity.
+
+    Parameters
+    ----------
+    path
+        The scene.
+    bands
+        1-based band indexes, in the order the model takes them.
+    mean, std
+        Per-band normalisation, ``(value - mean) / std``.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        bands: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.path = str(path)
+        self.bands = list(bands)
+        self._mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        self._inv_std = (1.0 / np.asarray(std, dtype=np.float32)).reshape(-1, 1, 1)
+        self._local = threading.local()
+        self._handles: list[rasterio.io.DatasetReader] = []
+        self._lock = threading.Lock()
+
+    def _handle(self) -> rasterio.io.DatasetReader:
+        src = getattr(self._local, "src", None)
+        if src is None:
+            src = open_raster(self.path)
+            self._local.src = src
+            with self._lock:
+                self._handles.append(src)
+        return src
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(image, valid)``: float32 ``(bands, h, w)`` normalised, with invalid
+        pixels at 0, and bool ``(h, w)``."""
+        src = self._handle()
+        rio_window = RioWindow(window.col, window.row, window.width, window.height)
+        try:
+            data = src.read(self.bands, window=rio_window, out_dtype="float32")
+            band_valid = src.read_masks(self.bands, window=rio_window) > 0
+        except RasterioError as exc:
+            raise SceneError(
+                self.path,
+                f"cannot read rows {window.row}-{window.row_end}, cols "
+                f"{window.col}-{window.col_end} ({exc}); the file may be truncated or corrupt",
+            ) from exc
+        band_valid &= np.isfinite(data)
+        valid = band_valid.any(axis=0)
+        data -= self._mean
+        data *= self._inv_std
+        data[~band_valid] = 0.0
+        return data, valid
+
+    def close(self) -> None:
+        with self._lock:
+            for src in self._handles:
+                src.close()
+            self._handles.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> TileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def scene_stem(path: str | PathLike[str]) -> str:
+    """The output name of a scene: its file name without the extension."""
+    return Path(str(path).rstrip("/")).name.rsplit(".", 1)[0] or "scene"

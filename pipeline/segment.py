@@ -1,0 +1,213 @@
+"""One scene, end to end, in one process: plan, read, predict, write.
+
+The stages are the ones the distributed job runs, in the same order; this module
+wires them together without Ray so a scene can be segmented from a notebook or a
+test, and so the distributed output can be checked against it label for label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from fcn_model import ModelMeta, checkpoint_digest, read_meta
+
+from .inference import Precision, Predictor
+from .planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, TileGrid, plan_tiles
+from .reading import SceneInfo, TileReader, inspect_scene, resolve_bands, scene_stem
+from .writing import LabelWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Everything besides the model that decides a scene's output."""
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = 4
+    bands: tuple[int, ...] | None = None  # None: the checkpoint's bands
+    probabilities: bool = False
+    precision: Precision = "fp32"
+
+    def digest(self) -> str:
+        """Identity of the settings that change output bytes (not the batch size)."""
+        keyed = asdict(self)
+        keyed.pop("batch_size")
+        text = json.dumps(keyed, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """A scene checked against the model, and its tiles: everything before pixels."""
+
+    info: SceneInfo
+    bands: tuple[int, ...]
+    grid: TileGrid
+    output: Path
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    scene: str
+    output: str
+    tiles: int
+    tiles_predicted: int
+    valid_pixels: int
+    seconds: float
+
+
+def plan_scene(
+    scene: str | PathLike[str],
+    *,
+    meta: ModelMeta,
+    out_dir: str | PathLike[str],
+    settings: SegmentSettings,
+) -> ScenePlan:
+    """Open a scene's header, check it fits the model, and cut it into tiles.
+
+    Raises :class:`~pipeline.errors.SceneError` (naming the file) before any output
+    is created when the scene is unreadable or its bands do not fit the model.
+    """
+    info = inspect_scene(scene)
+    bands = resolve_bands(info, settings.bands or meta.bands, expected=meta.in_channels)
+    grid = plan_tiles(
+        info.height, info.width, tile_size=settings.tile_size, overlap=settings.overlap
+    )
+    return ScenePlan(info, bands, grid, Path(out_dir) / f"{scene_stem(scene)}.zarr")
+
+
+def geometry_key(tile: Tile) -> tuple[int, ...]:
+    """Tiles with equal keys stack into one batch and crop alike."""
+    core, read = tile.core, tile.read
+    return (read.height, read.width, core.row - read.row, core.col - read.col, *core.shape)
+
+
+def core_box(tile: Tile) -> np.ndarray:
+    core, read = tile.core, tile.read
+    return np.array([core.row - read.row, core.col - read.col, core.height, core.width])
+
+
+def iter_batches(
+    reader: TileReader, tiles: Sequence[Tile] | TileGrid, batch_size: int
+) -> Iterator[tuple[list[Tile], dict[str, np.ndarray] | None]]:
+    """Read tiles in order and group them into batches of equal geometry.
+
+    Yields ``(tiles, batch)``; ``batch`` is None for a single tile with no valid
+    pixel, which never reaches the model. At most one partial batch per geometry
+    is held (a handful: interior, edges, corners), so memory is bounded by the
+    batch size, not the scene size.
+    """
+    pending: dict[tuple[int, ...], list[tuple[Tile, np.ndarray, np.ndarray]]] = {}
+
+    def stack(items: list[tuple[Tile, np.ndarray, np.ndarray]]):
+        batch = {
+            "image": np.stack([image for _, image, _ in items]),
+            "valid": np.stack([valid for _, _, valid in items]),
+            "core": np.stack([core_box(t) for t, _, _ in items]),
+        }
+        return [t for t, _, _ in items], batch
+
+    for tile in tiles:
+        image, valid = reader.read(tile.read)
+        if not valid[tile.core.relative_to(tile.read)].any():
+            yield [tile], None
+            continue
+        key = geometry_key(tile)
+        group = pending.setdefault(key, [])
+        group.append((tile, image, valid))
+        if len(group) >= batch_size:
+            yield stack(pending.pop(key))
+    for group in pending.values():
+        yield stack(group)
+
+
+def segment_scene(
+    scene: str | PathLike[str],
+    *,
+    model: str | PathLike[str],
+    out_dir: str | PathLike[str],
+    settings: SegmentSettings | None = None,
+    predictor: Predictor | None = None,
+) -> SceneResult:
+    """Segment one scene into ``<out_dir>/<scene stem>.zarr``.
+
+    Parameters
+    ----------
+    scene
+        A GeoTIFF.
+    model
+        A checkpoint written by :func:`fcn_model.save_checkpoint`.
+    out_dir
+        Output folder.
+    settings
+        Tiling, batching, band selection, probabilities, precision.
+    predictor
+        A loaded :class:`Predictor` to reuse across scenes (loaded from ``model``
+        when omitted).
+    """
+    settings = settings or SegmentSettings()
+    start = time.perf_counter()
+    meta = predictor.meta if predictor else read_meta(model)
+    plan = plan_scene(scene, meta=meta, out_dir=out_dir, settings=settings)
+    if predictor is None:
+        predictor = Predictor(
+            model, precision=settings.precision, probabilities=settings.probabilities
+        )
+    writer = LabelWriter(
+        plan.output,
+        info=plan.info,
+        grid=plan.grid,
+        classes=meta.classes,
+        colors=meta.colors,
+        probabilities=settings.probabilities,
+        attrs={
+            "model_digest": checkpoint_digest(model),
+            "model_variant": meta.variant,
+            "bands": list(plan.bands),
+            "settings": asdict(settings),
+            "settings_digest": settings.digest(),
+        },
+    )
+    writer.create()
+    predicted = valid_pixels = 0
+    with TileReader(scene, plan.bands, meta.mean, meta.std) as reader:
+        for tiles, batch in iter_batches(reader, plan.grid, settings.batch_size):
+            if batch is None:
+                writer.write_nodata_tile(tiles[0].core)
+                continue
+            out = predictor(batch)
+            probs = out.get("probabilities")
+            for k, tile in enumerate(tiles):
+                writer.write_tile(tile.core, out["labels"][k], None if probs is None else probs[k])
+                valid_pixels += int((out["labels"][k] != 255).sum())
+            predicted += len(tiles)
+    seconds = time.perf_counter() - start
+    writer.publish({"valid_pixels": valid_pixels, "tiles": len(plan.grid)})
+    log.info(
+        "%s: %d tiles (%d predicted), %d valid pixels, %.1f s -> %s",
+        scene,
+        len(plan.grid),
+        predicted,
+        valid_pixels,
+        seconds,
+        plan.output,
+    )
+    return SceneResult(
+        scene=str(scene),
+        output=str(plan.output),
+        tiles=len(plan.grid),
+        tiles_predicted=predicted,
+        valid_pixels=valid_pixels,
+        seconds=seconds,
+    )

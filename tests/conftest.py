@@ -1,0 +1,165 @@
+"""Shared fixtures: seeded GeoTIFF scenes with real CRSs, and small checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from fcn_model import FCN8s, save_checkpoint
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is false")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def realdata() -> Path:
+    if not REALDATA.is_dir():
+        pytest.skip(f"real scenes not found at {REALDATA} (they live in ../shared/realdata)")
+    return REALDATA
+
+
+def smooth_field(rng: np.random.Generator, height: int, width: int, scale: int) -> np.ndarray:
+    """A smooth random field in [0, 1]: blobs of about ``scale`` pixels."""
+    coarse = rng.random((height // scale + 2, width // scale + 2))
+    rows = np.linspace(0, coarse.shape[0] - 1.001, height)
+    cols = np.linspace(0, coarse.shape[1] - 1.001, width)
+    r0, c0 = rows.astype(int), cols.astype(int)
+    fr, fc = (rows - r0)[:, None], (cols - c0)[None, :]
+    a = coarse[r0][:, c0]
+    b = coarse[r0][:, c0 + 1]
+    c = coarse[r0 + 1][:, c0]
+    d = coarse[r0 + 1][:, c0 + 1]
+    return a * (1 - fr) * (1 - fc) + b * (1 - fr) * fc + c * fr * (1 - fc) + d * fr * fc
+
+
+@pytest.fixture
+def make_scene(tmp_path) -> Callable[..., Path]:
+    """Factory: write a seeded GeoTIFF and return its path.
+
+    ``mask`` chooses how invalid pixels are marked: ``"nodata"`` (a value),
+    ``"internal"`` (a GDAL internal mask), ``"alpha"`` (an extra alpha band) or None.
+    ``invalid`` is a bool (h, w) array of invalid pixels (a disc by default).
+    """
+
+    def factory(
+        name: str = "scene.tif",
+        *,
+        height: int = 300,
+        width: int = 400,
+        bands: int = 3,
+        dtype: str = "uint16",
+        crs: str = "EPSG:32633",
+        transform=None,
+        mask: str | None = "nodata",
+        nodata: float = 0,
+        invalid: np.ndarray | None = None,
+        seed: int = 0,
+        tiled: bool = True,
+        data: np.ndarray | None = None,
+    ) -> Path:
+        rng = np.random.default_rng(seed)
+        if data is None:
+            fields = [smooth_field(rng, height, width, 40) for _ in range(bands)]
+            noise = rng.normal(0, 0.03, (bands, height, width))
+            data = np.clip(np.stack(fields) + noise, 0, 1)
+            info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+            if info is not None:
+                lo = max(info.min, 1)
+                data = (lo + data * min(info.max - lo, 10000)).astype(dtype)
+            else:
+                data = data.astype(dtype)
+        if invalid is None and mask is not None:
+            yy, xx = np.mgrid[:height, :width]
+            invalid = (yy - height * 0.6) ** 2 + (xx - width * 0.3) ** 2 < (
+                min(height, width) / 4
+            ) ** 2
+        profile = dict(
+            driver="GTiff",
+            height=height,
+            width=width,
+            count=bands,
+            dtype=dtype,
+            crs=crs,
+            transform=transform or from_origin(500000.5, 4100000.25, 10.0, 10.0),
+        )
+        if tiled:
+            profile |= dict(tiled=True, blockxsize=128, blockysize=128, compress="deflate")
+        if mask == "nodata":
+            profile["nodata"] = nodata
+            data = data.copy()
+            data[:, invalid] = nodata
+        if mask == "alpha":
+            profile["count"] = bands + 1
+            profile["photometric"] = "RGB" if bands == 3 else "MINISBLACK"
+            profile["alpha"] = "UNSPECIFIED"
+        path = tmp_path / name
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(data, indexes=list(range(1, bands + 1)))
+                if mask == "internal":
+                    dst.write_mask(np.where(invalid, 0, 255).astype(np.uint8))
+                if mask == "alpha":
+                    from rasterio.enums import ColorInterp
+
+                    alpha = np.where(
+                        invalid, 0, np.iinfo(dtype).max if np.dtype(dtype).kind in "iu" else 1
+                    )
+                    dst.write(alpha.astype(dtype), bands + 1)
+                    dst.colorinterp = (
+                        [ColorInterp.gray] * bands + [ColorInterp.alpha]
+                        if bands != 3
+                        else [
+                            ColorInterp.red,
+                            ColorInterp.green,
+                            ColorInterp.blue,
+                            ColorInterp.alpha,
+                        ]
+                    )
+        return path
+
+    return factory
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path) -> Callable[..., Path]:
+    """Factory: a small random FCN-8s checkpoint. With He initialisation its labels
+    on the factory's scenes are far from one class (about 55/45/0/0.3%)."""
+
+    def factory(
+        name: str = "model.safetensors",
+        *,
+        bands: Sequence[int] = (1, 2, 3),
+        classes: Sequence[str] = ("a", "b", "c", "d"),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        width: float = 0.125,
+        seed: int = 0,
+        logit_scale: float = 1.0,
+    ) -> Path:
+        torch.manual_seed(seed)
+        model = FCN8s(len(classes), in_channels=len(bands), width=width)
+        with torch.no_grad():  # sharper probabilities, same argmax (score biases are 0)
+            for layer in (model.score_fr, model.score_pool4, model.score_pool3):
+                layer.weight.mul_(logit_scale)
+        return save_checkpoint(
+            tmp_path / name,
+            model,
+            classes=classes,
+            bands=bands,
+            mean=mean or [5000.0] * len(bands),
+            std=std or [3000.0] * len(bands),
+        )
+
+    return factory

@@ -1,0 +1,126 @@
+"""GIS tools open the label rasters with the source's CRS and geotransform."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from pipeline.segment import SegmentSettings, segment_scene
+from pipeline.writing import is_complete
+
+GRIDS = {
+    "utm": ("EPSG:32618", from_origin(101985.0, 2826915.0, 30.0, 30.0)),
+    "wgs84": (
+        "EPSG:4326",
+        from_origin(
+            -0.7818936232976315, 38.12881257139627, 8.983152841195215e-05, 8.983152841195215e-05
+        ),
+    ),
+}
+
+
+def close(a, b, rel=1e-9):
+    """GDAL rebuilds the geotransform from the float64 pixel-centre coordinates;
+    in degrees that can differ from the source by a few ulps (1e-13 relative)."""
+    return all(abs(x - y) <= rel * max(abs(x), abs(y), 1e-300) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(params=sorted(GRIDS))
+def output(request, make_scene, make_checkpoint, tmp_path):
+    crs, transform = GRIDS[request.param]
+    scene = make_scene(height=333, width=517, crs=crs, transform=transform)
+    segment_scene(
+        scene,
+        model=make_checkpoint(logit_scale=100.0),
+        out_dir=tmp_path / "out",
+        settings=SegmentSettings(tile_size=128, overlap=32, probabilities=True),
+    )
+    return scene, tmp_path / "out" / "scene.zarr"
+
+
+def test_rasterio_reads_crs_transform_and_nodata(output):
+    scene, out = output
+    with rasterio.open(scene) as src, rasterio.open(f'ZARR:"{out}":/labels') as dst:
+        assert dst.crs == src.crs
+        assert close(dst.transform[:6], src.transform[:6])
+        assert (dst.width, dst.height, dst.nodata, dst.dtypes[0]) == (517, 333, 255, "uint8")
+        labels = dst.read(1)
+        assert np.array_equal(labels == 255, src.dataset_mask() == 0)
+    with rasterio.open(f'ZARR:"{out}":/probabilities') as probs:
+        assert probs.count == 4 and probs.crs == src.crs
+        p = probs.read().astype(int)
+    valid = labels != 255
+    # The label is the most probable class, and probabilities sum to ~255.
+    assert (np.abs(p.sum(0)[valid] - 255) <= 4).all()
+    top2 = np.sort(p, axis=0)[-2:]
+    clear = valid & (top2[1] - top2[0] >= 2)  # rounding to uint8 cannot flip these
+    assert clear.mean() > 0.5
+    assert np.array_equal(p.argmax(0)[clear], labels[clear])
+    assert (p[:, ~valid] == 0).all()
+
+
+@pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo (Debian gdal-bin) absent")
+def test_debian_gdalinfo_reads_crs_and_geotransform(output):
+    scene, out = output
+    info = json.loads(
+        subprocess.run(
+            ["gdalinfo", "-json", f'ZARR:"{out}":/labels'],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    with rasterio.open(scene) as src:
+        assert CRS.from_wkt(info["coordinateSystem"]["wkt"]) == src.crs
+        assert close(info["geoTransform"], src.transform.to_gdal())
+    assert info["size"] == [517, 333]
+    assert info["bands"][0]["noDataValue"] == 255
+
+
+def test_xarray_open_zarr_gives_pixel_centre_coordinates(output):
+    scene, out = output
+    ds = xr.open_zarr(out, mask_and_scale=False)
+    labels = ds["labels"]
+    assert labels.dims == ("y", "x") and labels.dtype == np.uint8
+    with rasterio.open(scene) as src:
+        t = src.transform
+    np.testing.assert_allclose(ds.x.values, t.c + t.a * (np.arange(517) + 0.5), rtol=0, atol=0)
+    np.testing.assert_allclose(ds.y.values, t.f + t.e * (np.arange(333) + 0.5), rtol=0, atol=0)
+    assert "spatial_ref" in labels.coords
+    assert CRS.from_wkt(ds.spatial_ref.attrs["crs_wkt"]) == src.crs
+    assert ds.attrs["complete"] is True and len(ds.attrs["model_digest"]) == 64
+    assert ds.attrs["tile_grid"]["tile_size"] == 128
+
+
+def test_output_records_rounding_classes_and_provenance(make_scene, make_checkpoint, tmp_path):
+    scene = make_scene(height=200, width=210)
+    segment_scene(
+        scene,
+        model=make_checkpoint(),
+        out_dir=tmp_path / "o",
+        settings=SegmentSettings(tile_size=100, overlap=20),
+    )
+    attrs = json.loads((tmp_path / "o" / "scene.zarr" / ".zattrs").read_text())
+    assert attrs["tile_grid"]["tile_size"] == 96 and attrs["tile_grid"]["overlap"] == 32
+    assert "100 rounded to 96" in attrs["tile_grid"]["notes"][0]
+    assert attrs["class_names"] == ["a", "b", "c", "d"]
+    assert attrs["source"] == str(scene) and attrs["complete"] is True
+    chunks = json.loads((tmp_path / "o" / "scene.zarr" / "labels" / ".zarray").read_text())
+    assert chunks["chunks"] == [96, 96] and chunks["zarr_format"] == 2
+
+
+def test_rerun_replaces_output_atomically(make_scene, make_checkpoint, tmp_path):
+    scene = make_scene(height=100, width=100)
+    out = tmp_path / "o"
+    segment_scene(scene, model=make_checkpoint(seed=1), out_dir=out)
+    segment_scene(scene, model=make_checkpoint("m2.safetensors", seed=2), out_dir=out)
+    assert is_complete(out / "scene.zarr")
+    assert sorted(p.name for p in out.iterdir()) == ["scene.zarr"]
