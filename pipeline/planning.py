@@ -19,7 +19,7 @@ with 192 px, hence the default of 192 px; large cores keep its cost down
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -197,3 +197,31 @@ def plan_tiles(
         requested=(tile_size, overlap),
         notes=tuple(notes),
     )
+
+
+def geometry_key(tile: Tile) -> tuple[int, ...]:
+    """Tiles with equal keys have equal window shapes and core boxes: they stack
+    into one batch and crop alike."""
+    core, read = tile.core, tile.read
+    return (read.height, read.width, core.row - read.row, core.col - read.col, *core.shape)
+
+
+def plan_batches(tiles: Iterable[Tile], batch_size: int) -> list[tuple[Tile, ...]]:
+    """Cut tiles into fixed batches of equal geometry.
+
+    Interior tiles come first, then each kind of edge and corner, row-major within
+    a kind. The batches are a pure function of the grid and the batch size, so a
+    resumed or distributed run feeds the model exactly the same batches as an
+    uninterrupted one, and holding one batch bounds the memory.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1. Got {batch_size} instead.")
+    ordered = sorted(tiles, key=lambda t: (geometry_key(t), t.index))
+    batches: list[tuple[Tile, ...]] = []
+    for tile in ordered:
+        last = batches[-1] if batches else ()
+        if last and len(last) < batch_size and geometry_key(last[0]) == geometry_key(tile):
+            batches[-1] = (*last, tile)
+        else:
+            batches.append((tile,))
+    return batches

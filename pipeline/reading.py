@@ -29,6 +29,10 @@ from rasterio.windows import Window as RioWindow
 from .errors import SceneError
 from .planning import Window
 
+# GDAL's block cache defaults to 5% of RAM (1.2 GiB on a 24 GiB machine) and fills
+# up on large scenes; a tile needs a few MiB of it. The operator's setting wins.
+os.environ.setdefault("GDAL_CACHEMAX", "256")
+
 #: The one GDAL driver an untrusted scene is opened with (COGs are GeoTIFFs too); not
 #: every driver GDAL has, as several parse formats that can reference other files.
 SCENE_DRIVER = "GTiff"

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -21,7 +21,14 @@ import numpy as np
 from fcn_model import ModelMeta, checkpoint_digest, read_meta
 
 from .inference import Precision, Predictor
-from .planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, Tile, TileGrid, plan_tiles
+from .planning import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    Tile,
+    TileGrid,
+    plan_batches,
+    plan_tiles,
+)
 from .reading import SceneInfo, TileReader, inspect_scene, resolve_bands, scene_stem
 from .writing import LabelWriter
 
@@ -87,49 +94,34 @@ def plan_scene(
     return ScenePlan(info, bands, grid, Path(out_dir) / f"{scene_stem(scene)}.zarr")
 
 
-def geometry_key(tile: Tile) -> tuple[int, ...]:
-    """Tiles with equal keys stack into one batch and crop alike."""
-    core, read = tile.core, tile.read
-    return (read.height, read.width, core.row - read.row, core.col - read.col, *core.shape)
-
-
 def core_box(tile: Tile) -> np.ndarray:
     core, read = tile.core, tile.read
     return np.array([core.row - read.row, core.col - read.col, core.height, core.width])
 
 
-def iter_batches(
-    reader: TileReader, tiles: Sequence[Tile] | TileGrid, batch_size: int
-) -> Iterator[tuple[list[Tile], dict[str, np.ndarray] | None]]:
-    """Read tiles in order and group them into batches of equal geometry.
-
-    Yields ``(tiles, batch)``; ``batch`` is None for a single tile with no valid
-    pixel, which never reaches the model. At most one partial batch per geometry
-    is held (a handful: interior, edges, corners), so memory is bounded by the
-    batch size, not the scene size.
-    """
-    pending: dict[tuple[int, ...], list[tuple[Tile, np.ndarray, np.ndarray]]] = {}
-
-    def stack(items: list[tuple[Tile, np.ndarray, np.ndarray]]):
-        batch = {
-            "image": np.stack([image for _, image, _ in items]),
-            "valid": np.stack([valid for _, _, valid in items]),
-            "core": np.stack([core_box(t) for t, _, _ in items]),
-        }
-        return [t for t, _, _ in items], batch
-
-    for tile in tiles:
+def read_batch(
+    reader: TileReader, batch: Sequence[Tile]
+) -> tuple[list[Tile], list[Tile], dict[str, np.ndarray] | None]:
+    """Read a planned batch. Returns ``(nodata_tiles, tiles, arrays)``: tiles whose
+    core has no valid pixel never reach the model; the others are stacked (arrays
+    is None when none is left)."""
+    nodata, keep, images, valids = [], [], [], []
+    for tile in batch:
         image, valid = reader.read(tile.read)
         if not valid[tile.core.relative_to(tile.read)].any():
-            yield [tile], None
+            nodata.append(tile)
             continue
-        key = geometry_key(tile)
-        group = pending.setdefault(key, [])
-        group.append((tile, image, valid))
-        if len(group) >= batch_size:
-            yield stack(pending.pop(key))
-    for group in pending.values():
-        yield stack(group)
+        keep.append(tile)
+        images.append(image)
+        valids.append(valid)
+    if not keep:
+        return nodata, keep, None
+    arrays = {
+        "image": np.stack(images),
+        "valid": np.stack(valids),
+        "core": np.stack([core_box(t) for t in keep]),
+    }
+    return nodata, keep, arrays
 
 
 def segment_scene(
@@ -182,9 +174,11 @@ def segment_scene(
     writer.create()
     predicted = valid_pixels = 0
     with TileReader(scene, plan.bands, meta.mean, meta.std) as reader:
-        for tiles, batch in iter_batches(reader, plan.grid, settings.batch_size):
+        for planned in plan_batches(plan.grid, settings.batch_size):
+            nodata, tiles, batch = read_batch(reader, planned)
+            for tile in nodata:
+                writer.write_nodata_tile(tile.core)
             if batch is None:
-                writer.write_nodata_tile(tiles[0].core)
                 continue
             out = predictor(batch)
             probs = out.get("probabilities")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.planning import Window, plan_tiles, round_to_stride
+from pipeline.planning import Window, geometry_key, plan_batches, plan_tiles, round_to_stride
 
 
 @settings(max_examples=300, deadline=None)
@@ -66,3 +66,28 @@ def test_bad_settings_are_refused():
         plan_tiles(10, 10, overlap=-1)
     with pytest.raises(ValueError, match="1x1"):
         plan_tiles(0, 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    height=st.integers(1, 4000),
+    width=st.integers(1, 4000),
+    tile_size=st.integers(32, 1100),
+    batch_size=st.integers(1, 9),
+)
+def test_batches_cover_every_tile_once_with_one_geometry_each(height, width, tile_size, batch_size):
+    grid = plan_tiles(height, width, tile_size=tile_size, overlap=64)
+    batches = plan_batches(grid, batch_size)
+    seen = [t.index for batch in batches for t in batch]
+    assert sorted(seen) == sorted(t.index for t in grid)
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        assert len({geometry_key(t) for t in batch}) == 1
+    # Only the last batch of each geometry may be short, and with a core at least
+    # as large as the halo there are at most 4 kinds of tile per axis (first,
+    # interior, next-to-last with a clipped halo, last): memory is a few batches.
+    geometries = {geometry_key(t) for t in grid}
+    assert sum(len(b) < batch_size for b in batches) <= len(geometries)
+    if grid.tile_size >= grid.overlap:
+        assert len(geometries) <= 16
+    assert plan_batches(grid, batch_size) == batches

@@ -10,23 +10,10 @@ import zarr
 
 from fcn_model import load_checkpoint
 from pipeline.errors import SceneError
-from pipeline.reading import TileReader, inspect_scene
+from pipeline.reading import TileReader
+from pipeline.reference import whole_scene_labels
 from pipeline.segment import SegmentSettings, segment_scene
 from pipeline.writing import is_complete
-
-
-def whole_scene_labels(scene, model_path) -> np.ndarray:
-    """The reference: one pass of the model over the whole scene."""
-    model, meta = load_checkpoint(model_path)
-    info = inspect_scene(scene)
-    from pipeline.planning import Window
-
-    with TileReader(scene, meta.bands, meta.mean, meta.std) as reader:
-        image, valid = reader.read(Window(0, 0, info.height, info.width))
-    with torch.inference_mode():
-        labels = model(torch.from_numpy(image)[None]).argmax(1)[0].numpy().astype(np.uint8)
-    labels[~valid] = 255
-    return labels
 
 
 def read_labels(out_dir, stem) -> np.ndarray:
