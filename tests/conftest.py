@@ -49,7 +49,8 @@ def make_scene(tmp_path) -> Callable[..., Path]:
     """Factory: write a seeded GeoTIFF and return its path.
 
     ``mask`` chooses how invalid pixels are marked: ``"nodata"`` (a value),
-    ``"internal"`` (a GDAL internal mask), ``"alpha"`` (an extra alpha band) or None.
+    ``"internal"`` (a GDAL internal mask), ``"sidecar"`` (a ``.msk`` file beside
+    it), ``"alpha"`` (an extra alpha band) or None.
     ``invalid`` is a bool (h, w) array of invalid pixels (a disc by default).
     """
 
@@ -105,10 +106,10 @@ def make_scene(tmp_path) -> Callable[..., Path]:
             profile["photometric"] = "RGB" if bands == 3 else "MINISBLACK"
             profile["alpha"] = "UNSPECIFIED"
         path = tmp_path / name
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=mask != "sidecar"):
             with rasterio.open(path, "w", **profile) as dst:
                 dst.write(data, indexes=list(range(1, bands + 1)))
-                if mask == "internal":
+                if mask in ("internal", "sidecar"):
                     dst.write_mask(np.where(invalid, 0, 255).astype(np.uint8))
                 if mask == "alpha":
                     from rasterio.enums import ColorInterp

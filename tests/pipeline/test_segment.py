@@ -63,6 +63,7 @@ def test_off_stride_tiling_would_fail_the_same_check(make_scene, make_checkpoint
 @pytest.mark.parametrize(
     ("mask", "dtype"),
     [(m, d) for m in ("nodata", "internal") for d in ("uint8", "uint16", "int16", "float32")]
+    + [("sidecar", "uint16")]
     # GDAL's GeoTIFF driver honours alpha bands of unsigned integer types.
     + [("alpha", "uint8"), ("alpha", "uint16")],
 )
@@ -70,6 +71,7 @@ def test_label_255_exactly_where_the_source_is_invalid(
     make_scene, make_checkpoint, tmp_path, mask, dtype
 ):
     scene = make_scene(height=200, width=333, dtype=dtype, mask=mask, nodata=0)
+    assert scene.with_suffix(".tif.msk").exists() == (mask == "sidecar")
     ckpt = make_checkpoint()
     segment_scene(
         scene,
