@@ -1,10 +1,13 @@
-"""Segment GeoTIFF scenes into georeferenced Zarr label rasters.
+"""Segment GeoTIFF scenes into georeferenced Zarr label rasters, on Ray.
 
     python jobs/segment_scenes.py --model MODEL.safetensors --scenes 'scenes/*.tif' --out OUT
+    ray job submit --working-dir . -- python jobs/segment_scenes.py --model ... --scenes ... --out ...
 
-Each scene becomes ``OUT/<scene stem>.zarr``. One bad scene fails alone: its
-error (naming the file and the reason) is reported, the others finish, and the
-process exits with status 1 so a scheduler notices.
+Plain ``python`` starts a local Ray; under ``ray job submit`` (RAY_ADDRESS set)
+it joins the cluster. Each scene becomes ``OUT/<scene stem>.zarr`` and a row in
+``OUT/manifest/``. Scenes already done with the same model and settings are
+skipped; interrupted ones resume. One bad scene fails alone (recorded with its
+reason); the exit status is 1 when any scene failed, 2 when the model is unusable.
 """
 
 from __future__ import annotations
@@ -14,13 +17,11 @@ import logging
 import sys
 from collections import Counter
 
-from fcn_model import FCNModelError
-from pipeline.errors import PipelineError
-from pipeline.inference import Predictor
+from fcn_model import FCNModelError, read_meta
+from pipeline.distributed import RunReport, run_scenes
 from pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
-from pipeline.reading import scene_stem
 from pipeline.scenes import expand_scenes
-from pipeline.segment import SegmentSettings, segment_scene
+from pipeline.segment import SegmentSettings
 
 log = logging.getLogger("segment_scenes")
 
@@ -64,8 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", type=parse_bands, default=None, help="e.g. 4,3,2 (1-based)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument(
+        "--num-replicas",
+        type=int,
+        default=None,
+        help="model replicas (default: one per GPU, or fit the CPUs)",
+    )
+    p.add_argument("--threads-per-replica", type=int, default=None, help="CPU replicas only")
+    p.add_argument("--run-id", default=None, help="manifest run id (default: time + random)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def print_summary(report: RunReport, out: str) -> None:
+    """The table an operator reads at the end of a run (the manifest has it all)."""
+    print(f"\nrun {report.run_id}: outputs and manifest in {out}")
+    print(f"{'status':<8} {'tiles':>6} {'predicted':>9} {'valid MP':>9} {'seconds':>8}  scene")
+    for r in report.rows:
+        print(f"{r.status:<8} {r.tiles:>6} {r.tiles_predicted:>9} {r.valid_pixels / 1e6:>9.2f} "
+              f"{r.seconds:>8.1f}  {r.scene}")  # fmt: skip
+    for replica, batches in sorted(report.replica_batches.items()):
+        print(f"replica {replica}: {batches} batches")
+    counts = Counter(r.status for r in report.rows)
+    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    for r in report.failed:
+        print(f"  failed: {r.error}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,38 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         probabilities=args.probabilities,
         precision=args.precision,
     )
-    scenes = expand_scenes(args.scenes)
-    stems = Counter(scene_stem(s) for s in scenes)
     try:
-        predictor = Predictor(
-            args.model, precision=args.precision, probabilities=args.probabilities
-        )
-    except (PipelineError, FCNModelError) as exc:
+        read_meta(args.model)
+    except FCNModelError as exc:
         log.error("%s", exc)
         return 2
-    failed: list[tuple[str, str]] = []
-    for scene in scenes:
-        if stems[scene_stem(scene)] > 1:
-            failed.append(
-                (
-                    scene,
-                    f"another scene in this run is also named "
-                    f"{scene_stem(scene)}.zarr; rename one or run them separately",
-                )
-            )
-            continue
-        try:
-            segment_scene(
-                scene, model=args.model, out_dir=args.out, settings=settings, predictor=predictor
-            )
-        except Exception as exc:
-            failed.append((scene, str(exc)))
-            log.error("FAILED %s (skipped, other scenes go on)", exc)
-    done = len(scenes) - len(failed)
-    print(f"{done} scene(s) done, {len(failed)} failed, outputs in {args.out}")
-    for scene, reason in failed:
-        print(f"  failed: {scene}: {reason}")
-    return 1 if failed else 0
+    report = run_scenes(
+        expand_scenes(args.scenes),
+        model=args.model,
+        out_dir=args.out,
+        settings=settings,
+        replicas=args.num_replicas,
+        threads=args.threads_per_replica,
+        run_id=args.run_id,
+    )
+    print_summary(report, args.out)
+    return report.exit_code()
 
 
 if __name__ == "__main__":

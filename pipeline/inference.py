@@ -65,7 +65,8 @@ class Predictor:
             raise ValueError("Every tile of a batch must have the same core box.")
         r, c, h, w = (int(v) for v in core[0])
         valid = np.asarray(batch["valid"])[:, r : r + h, c : c + w]
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"]))
+        # Arrays from Ray's object store are read-only; torch wants writable memory.
+        x = torch.from_numpy(np.require(batch["image"], np.float32, ["C", "W"]))
         with torch.inference_mode():
             scores = self.model(x.to(device=self.device, dtype=self.dtype))
             scores = scores[:, :, r : r + h, c : c + w].float()

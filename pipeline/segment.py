@@ -46,11 +46,14 @@ class SegmentSettings:
     probabilities: bool = False
     precision: Precision = "fp32"
 
-    def digest(self) -> str:
-        """Identity of the settings that change output bytes (not the batch size)."""
+    def output_settings(self) -> dict[str, object]:
+        """The settings that decide the output's bytes (the batch size does not)."""
         keyed = asdict(self)
         keyed.pop("batch_size")
-        text = json.dumps(keyed, sort_keys=True, default=list)
+        return keyed
+
+    def digest(self) -> str:
+        text = json.dumps(self.output_settings(), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -167,7 +170,7 @@ def segment_scene(
             "model_digest": checkpoint_digest(model),
             "model_variant": meta.variant,
             "bands": list(plan.bands),
-            "settings": asdict(settings),
+            "settings": settings.output_settings(),
             "settings_digest": settings.digest(),
         },
     )
@@ -187,7 +190,7 @@ def segment_scene(
                 valid_pixels += int((out["labels"][k] != 255).sum())
             predicted += len(tiles)
     seconds = time.perf_counter() - start
-    writer.publish({"valid_pixels": valid_pixels, "tiles": len(plan.grid)})
+    writer.publish()
     log.info(
         "%s: %d tiles (%d predicted), %d valid pixels, %.1f s -> %s",
         scene,

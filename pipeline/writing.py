@@ -62,6 +62,33 @@ def _crs_attrs(info: SceneInfo) -> dict[str, Any]:
     return {"_CRS": {"wkt": crs.to_wkt(version="WKT2_2019"), "projjson": crs.to_json_dict()}}
 
 
+class ChunkWriter:
+    """Writes tile cores into an existing staging group: what a worker needs, and
+    all it needs (the path), so it can run in any process of a cluster."""
+
+    def __init__(self, stage: str | PathLike[str], *, probabilities: bool) -> None:
+        root = zarr.open_group(str(stage), mode="r+", zarr_format=2)
+        # Every chunk is written, even all-nodata ones: a chunk file on disk is the
+        # record that its tile is done. (The setting is not stored with the array.)
+        cfg = {"write_empty_chunks": True}
+        self.labels = root["labels"].with_config(cfg)
+        self.probabilities = root["probabilities"].with_config(cfg) if probabilities else None
+
+    def write(
+        self, core: Window, labels: np.ndarray, probabilities: np.ndarray | None = None
+    ) -> None:
+        """Write one core: exactly one chunk of each array, each chunk file whole."""
+        rows, cols = core.slices()
+        self.labels[rows, cols] = labels
+        if self.probabilities is not None:
+            if probabilities is None:
+                probabilities = np.zeros((self.probabilities.shape[0], *core.shape), np.uint8)
+            self.probabilities[:, rows, cols] = probabilities
+
+    def write_nodata(self, core: Window) -> None:
+        self.write(core, np.full(core.shape, NODATA, dtype=np.uint8))
+
+
 class LabelWriter:
     """Creates a scene's staging group, writes tiles into it, and publishes it.
 
@@ -102,8 +129,7 @@ class LabelWriter:
         self.colors = [list(map(int, c)) for c in colors]
         self.with_probabilities = probabilities
         self.attrs = dict(attrs or {})
-        self._labels: zarr.Array | None = None
-        self._probs: zarr.Array | None = None
+        self._chunks: ChunkWriter | None = None
 
     # -- creation ----------------------------------------------------------
     def create(self) -> None:
@@ -173,7 +199,56 @@ class LabelWriter:
             coord.attrs.update({"_ARRAY_DIMENSIONS": [name], **_axis_attrs(info, name)})
         ref = root.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
         ref.attrs.update({"_ARRAY_DIMENSIONS": [], **_grid_mapping_attrs(info)})
+        # What the chunks are a function of, so a later run can tell whether this
+        # staging group can be resumed; "complete" stays false until publish().
+        root.attrs.update({**self.identity(), "complete": False})
         self._open()
+
+    def identity(self) -> dict[str, Any]:
+        """The facts that decide the output's bytes: model, settings, source, grid."""
+        return _jsonable(
+            {
+                **self.attrs,
+                "source": self.info.path,
+                "source_size": self.info.size_bytes,
+                "source_mtime_ns": self.info.mtime_ns,
+                "tile_grid": self.grid.as_dict(),
+            }
+        )
+
+    def resume_or_create(self) -> set[tuple[int, int]]:
+        """Reuse a staging group left by an interrupted run of the same model,
+        settings and source, returning the tiles it already holds; otherwise
+        start afresh and return an empty set."""
+        attrs = read_attrs(self.stage)
+        if attrs is not None and all(attrs.get(k) == v for k, v in self.identity().items()):
+            self._open()
+            return self.done_tiles()
+        self.create()
+        return set()
+
+    def done_tiles(self) -> set[tuple[int, int]]:
+        """Tiles whose chunks are all on disk (zarr writes each chunk file whole,
+        to a temporary name then renamed)."""
+
+        def chunks(name: str, prefix: str) -> set[tuple[int, int]]:
+            found = set()
+            for entry in os.scandir(self.stage / name):
+                parts = entry.name.split(".")
+                if entry.name.startswith(prefix) and len(parts) == 2 + prefix.count("."):
+                    if all(p.isdigit() for p in parts):
+                        found.add((int(parts[-2]), int(parts[-1])))
+            return found
+
+        done = chunks("labels", "")
+        if self.with_probabilities:
+            done &= chunks("probabilities", "0.")
+        return done
+
+    def count_valid(self) -> int:
+        """Pixels with a class label, counted chunk by chunk (bounded memory)."""
+        labels = self._open().labels
+        return sum(int((labels[t.core.slices()] != NODATA).sum()) for t in self.grid)
 
     def _open(self) -> None:
         root = zarr.open_group(str(self.stage), mode="r+", zarr_format=2)
@@ -184,40 +259,40 @@ class LabelWriter:
         self._probs = root["probabilities"].with_config(cfg) if self.with_probabilities else None
 
     # -- tiles -----------------------------------------------------------------
+    def _open(self) -> ChunkWriter:
+        if self._chunks is None:
+            self._chunks = ChunkWriter(self.stage, probabilities=self.with_probabilities)
+        return self._chunks
+
     def write_tile(
         self, core: Window, labels: np.ndarray, probabilities: np.ndarray | None = None
     ) -> None:
         """Write one core: exactly one chunk of each array."""
-        if self._labels is None:
-            self._open()
-        rows, cols = core.slices()
-        self._labels[rows, cols] = labels
-        if self._probs is not None:
-            if probabilities is None:
-                probabilities = np.zeros((len(self.classes), *core.shape), dtype=np.uint8)
-            self._probs[:, rows, cols] = probabilities
+        self._open().write(core, labels, probabilities)
 
     def write_nodata_tile(self, core: Window) -> None:
         """Write a core with no valid input pixel (the model never sees it)."""
-        self.write_tile(core, np.full(core.shape, NODATA, dtype=np.uint8))
+        self._open().write_nodata(core)
 
     # -- publication -------------------------------------------------------------
-    def publish(self, summary: Mapping[str, Any] | None = None) -> Path:
+    def publish(self) -> Path:
         """Write the scene metadata and the completion marker last, then move the
-        staging group into place (replacing an older output of the same scene)."""
+        staging group into place (replacing an older output of the same scene).
+
+        The metadata holds nothing run-specific (no timings: those go to the
+        manifest), so a resumed run publishes the same bytes as an uninterrupted one.
+        """
+        valid = self.count_valid()
         root = zarr.open_group(str(self.stage), mode="r+", zarr_format=2)
         root.attrs.update(
             {
                 "format": OUTPUT_FORMAT,
-                "source": self.info.path,
-                "source_size": self.info.size_bytes,
-                "source_mtime_ns": self.info.mtime_ns,
-                "tile_grid": self.grid.as_dict(),
+                **self.identity(),
                 "class_names": self.classes,
                 "class_colors": self.colors,
                 "nodata": NODATA,
-                **_jsonable(self.attrs),
-                **_jsonable(dict(summary or {})),
+                "valid_pixels": valid,
+                "tiles": len(self.grid),
                 "complete": True,
             }
         )
@@ -266,10 +341,16 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
-def is_complete(path: str | PathLike[str]) -> bool:
-    """Whether ``path`` is a published label raster of this pipeline."""
+def read_attrs(path: str | PathLike[str]) -> dict[str, Any] | None:
+    """A Zarr v2 group's attributes, or None where there is no readable group."""
     try:
         attrs = json.loads((Path(path) / ".zattrs").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def is_complete(path: str | PathLike[str]) -> bool:
+    """Whether ``path`` is a published label raster of this pipeline."""
+    attrs = read_attrs(path) or {}
     return attrs.get("format") == OUTPUT_FORMAT and attrs.get("complete") is True

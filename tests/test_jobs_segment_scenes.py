@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from jobs.segment_scenes import main
+from pipeline.manifest import read_manifest
 from pipeline.scenes import expand_scenes
 from pipeline.writing import is_complete
 
@@ -23,7 +24,7 @@ def test_scenes_from_files_globs_and_lists(tmp_path):
 
 
 def test_one_bad_scene_fails_alone_and_exit_status_is_1(
-    make_scene, make_checkpoint, tmp_path, capsys
+    ray_local, make_scene, make_checkpoint, tmp_path, capsys
 ):
     good1 = make_scene("good1.tif", height=150, width=170)
     good2 = make_scene("good2.tif", height=90, width=200, seed=3)
@@ -50,11 +51,19 @@ def test_one_bad_scene_fails_alone_and_exit_status_is_1(
     assert is_complete(out / "good1.zarr") and is_complete(out / "good2.zarr")
     assert not (out / "bad.zarr").exists()
     printed = capsys.readouterr().out
-    assert "2 scene(s) done, 1 failed" in printed
-    assert f"failed: {bad}: {bad}: not a readable GTiff raster" in printed
+    assert "2 done, 0 skipped, 1 failed" in printed
+    assert f"failed: {bad}: not a readable GTiff raster" in printed
+    rows = read_manifest(out).to_pylist()
+    assert [(Path(r["scene"]).name, r["status"]) for r in rows] == [
+        ("bad.tif", "failed"),
+        ("good1.tif", "done"),
+        ("good2.tif", "done"),
+    ]
 
 
-def test_unknown_band_and_bad_model_fail_clearly(make_scene, make_checkpoint, tmp_path, capsys):
+def test_unknown_band_and_bad_model_fail_clearly(
+    ray_local, make_scene, make_checkpoint, tmp_path, capsys
+):
     scene = make_scene(height=64, width=64)
     status = main(
         [
@@ -95,5 +104,6 @@ def test_runs_as_a_plain_script(make_scene, make_checkpoint, tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "1 scene(s) done, 0 failed" in proc.stdout
+    assert "1 done, 0 skipped, 0 failed" in proc.stdout
+    assert "Started a local Ray instance" in proc.stderr
     assert is_complete(tmp_path / "o" / "scene.zarr")

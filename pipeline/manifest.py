@@ -1,0 +1,105 @@
+"""The run manifest: one Parquet table per output folder, one row per scene per run.
+
+``<out>/manifest/`` is a Parquet dataset (one file per run,
+``run-<run id>.parquet``) that says, for every run, what happened to each scene
+(``done``, ``skipped`` or ``failed``) and why, with timings, tile and pixel
+counts, the model's and the settings' digests, and the source file's size and
+modification time. pyarrow, pandas and DuckDB read the folder as one table::
+
+    pandas.read_parquet("out/manifest")
+    duckdb -c "SELECT scene, status, error FROM read_parquet('out/manifest/*.parquet')"
+
+A run's file is rewritten (temporary name, then rename) each time one of its
+scenes finishes, so a crash keeps the rows of finished scenes and never leaves a
+half-written file; one file per run keeps each rewrite small however long the
+folder's history grows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from os import PathLike
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_DIR = "manifest"
+Status = Literal["done", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    run_id: str
+    scene: str
+    output: str
+    status: str
+    error: str | None
+    tiles: int
+    tiles_predicted: int
+    valid_pixels: int
+    seconds: float
+    model_digest: str
+    settings_digest: str
+    source_size: int
+    source_mtime_ns: int
+    started_at: str
+    finished_at: str
+
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("scene", pa.string()),
+        ("output", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("tiles", pa.int64()),
+        ("tiles_predicted", pa.int64()),
+        ("valid_pixels", pa.int64()),
+        ("seconds", pa.float64()),
+        ("model_digest", pa.string()),
+        ("settings_digest", pa.string()),
+        ("source_size", pa.int64()),
+        ("source_mtime_ns", pa.int64()),
+        ("started_at", pa.string()),
+        ("finished_at", pa.string()),
+    ]
+)
+assert [f.name for f in fields(ManifestRow)] == SCHEMA.names
+
+
+def manifest_dir(out_dir: str | PathLike[str]) -> Path:
+    return Path(out_dir) / MANIFEST_DIR
+
+
+def read_manifest(out_dir: str | PathLike[str]) -> pa.Table:
+    """Every run's rows (an empty table with the schema when there are none)."""
+    files = sorted(manifest_dir(out_dir).glob("run-*.parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
+
+
+class ManifestWriter:
+    """Collects one run's rows and keeps ``<out>/manifest/run-<id>.parquet`` current."""
+
+    def __init__(self, out_dir: str | PathLike[str], run_id: str) -> None:
+        self.path = manifest_dir(out_dir) / f"run-{run_id}.parquet"
+        self.rows: list[ManifestRow] = []
+
+    def add(self, row: ManifestRow) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist([asdict(r) for r in self.rows], schema=SCHEMA)
+        fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".parquet", dir=self.path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
