@@ -1,0 +1,47 @@
+"""ray_cluster.yaml loads and passes the Ray cluster launcher's own validation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CONFIG = Path(__file__).resolve().parents[1] / "ray_cluster.yaml"
+
+
+@pytest.fixture
+def config() -> dict:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def test_launcher_accepts_the_config(config):
+    # What `ray up` does before touching the cloud: fill defaults, then validate
+    # against the launcher's JSON schema and its cross-field rules.
+    validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_head_does_no_inference_and_gpu_workers_autoscale(config):
+    nodes = config["available_node_types"]
+    head = nodes[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0, "GPU": 0}
+    workers = [n for name, n in nodes.items() if name != config["head_node_type"]]
+    assert workers and all(w["min_workers"] < w["max_workers"] for w in workers)
+    assert any(w["node_config"]["InstanceType"].startswith(("g", "p")) for w in workers)
+
+
+def test_nodes_install_the_project_and_mount_shared_storage(config):
+    setup = "\n".join(config["setup_commands"])
+    assert "torch==2.13.0" in setup and "pip install -e ~/fcn-remote-sensing" in setup
+    assert "/mnt/shared" in setup
+    assert config["file_mounts"]["~/fcn-remote-sensing"] == "."
+    assert "--dashboard-host=127.0.0.1" in config["head_start_ray_commands"][-1]
+
+
+def test_validation_catches_a_broken_config(config):
+    config["available_node_types"]["gpu_worker"]["instance_type"] = "typo"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(config))

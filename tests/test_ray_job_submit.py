@@ -1,0 +1,96 @@
+"""The operator's path: a real Ray head on loopback, `ray job submit`, outputs, manifest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import read_manifest
+from pipeline.writing import is_complete
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """`ray start --head` with its own ports and temp dir; stopped afterwards."""
+    if shutil.which("ray", path=str(BIN)) is None:
+        pytest.skip("the ray CLI is not installed beside this Python")
+    temp = Path("/tmp") / f"rayh{os.getpid()}"  # short: Ray's socket paths are length-limited
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    start = [
+        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+        f"--temp-dir={temp}", "--num-cpus=2", "--disable-usage-stats",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+    ]  # fmt: skip
+    proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)  # fmt: skip
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def submit(address: str, env: dict, *args: str, submission_id: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+         "--submission-id", submission_id, "--", "python", "jobs/segment_scenes.py", *args],
+        env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_ray_job_submit_runs_the_nightly_job(ray_head, make_scene, make_checkpoint, tmp_path):
+    address, env = ray_head
+    good = make_scene("good.tif", height=300, width=260)
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    out = tmp_path / "out"
+    args = ["--model", str(make_checkpoint()), "--scenes", str(good), str(bad), "--out", str(out),
+            "--tile-size", "128", "--overlap", "64"]  # fmt: skip
+    first = submit(address, env, *args, submission_id="nightly-test-1")
+    log = first.stdout + first.stderr
+    # The job ran on the existing cluster (no local Ray of its own) and failed
+    # overall because one scene was bad, after finishing the good one.
+    assert "Started a local Ray instance" not in log
+    assert "Connected to Ray cluster" in log or "Connecting to existing Ray cluster" in log
+    assert first.returncode != 0
+    assert "failed with" in log or "FAILED" in log
+    assert is_complete(out / "good.zarr") and not (out / "broken.zarr").exists()
+    rows = read_manifest(out).to_pylist()
+    assert {(Path(r["scene"]).name, r["status"]) for r in rows} == {
+        ("good.tif", "done"),
+        ("broken.tif", "failed"),
+    }
+    assert "broken.tif" in next(r["error"] for r in rows if r["status"] == "failed")
+
+    # Without the token the job server refuses the client.
+    no_token = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", address],
+        env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert no_token.returncode != 0
+
+    # The next night: the good scene is skipped and the job succeeds.
+    second = submit(address, env, *args[:4], "--out", str(out), "--tile-size", "128",
+                    "--overlap", "64", submission_id="nightly-test-2")  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "0 done, 1 skipped, 0 failed" in second.stdout
