@@ -94,3 +94,7 @@ def test_ray_job_submit_runs_the_nightly_job(ray_head, make_scene, make_checkpoi
                     "--overlap", "64", submission_id="nightly-test-2")  # fmt: skip
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "0 done, 1 skipped, 0 failed" in second.stdout
+
+    # A second submission with a night's id is refused, so cron cannot run it twice.
+    again = submit(address, env, *args, submission_id="nightly-test-2")
+    assert again.returncode != 0 and "already exists" in again.stdout + again.stderr
