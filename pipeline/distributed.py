@@ -14,8 +14,8 @@ of one huge scene and of many scenes spread over every replica alike. The driver
 consumes the written batches as they stream back, shows progress, and publishes
 a scene (metadata and completion marker last) as soon as its last batch lands.
 
-Faults: a killed actor is restarted by Ray and its batch retried
-(``max_restarts``/``max_task_retries``); a re-run after the driver itself was
+Faults: a killed actor is restarted by Ray and its batch retried (Ray Data's
+actor pools default to unlimited restarts and task retries); a re-run after the driver itself was
 killed resumes each scene's staging group and recomputes only the batches not
 yet on disk. Planned batches are a pure function of the scene and settings, so
 the model sees the same batches either way and the output bytes are the same.
@@ -446,9 +446,8 @@ def _pipeline(ray, items: list[dict[str, Any]], model: str, settings: SegmentSet
         },
         num_gpus=plan.num_gpus or None,
         num_cpus=plan.num_cpus,
-        # A replica that dies (killed, out of memory, node lost) is restarted and
-        # its batch retried.
-        max_restarts=-1,
-        max_task_retries=-1,
+        # Ray Data's actor pools restart a replica that dies (killed, out of
+        # memory, node lost) and retry its batch: max_restarts=-1 and
+        # max_task_retries=-1 are its defaults, and a test kills one to prove it.
     )  # fmt: skip
     return ds.map(write_stage, num_cpus=io_cpus)

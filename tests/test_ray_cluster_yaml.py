@@ -39,6 +39,10 @@ def test_nodes_install_the_project_and_mount_shared_storage(config):
     assert "/mnt/shared" in setup
     assert config["file_mounts"]["~/fcn-remote-sensing"] == "."
     assert "--dashboard-host=127.0.0.1" in config["head_start_ray_commands"][-1]
+    # Token authentication on every node, with one token shipped to all of them.
+    for cmd in (config["head_start_ray_commands"][-1], config["worker_start_ray_commands"][-1]):
+        assert cmd.startswith("RAY_AUTH_MODE=token ray start")
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 def test_validation_catches_a_broken_config(config):

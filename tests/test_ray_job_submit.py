@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,9 +48,33 @@ def ray_head(tmp_path_factory):
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
-                       timeout=120)  # fmt: skip
+        # Not `ray stop`: it stops every Ray on the machine, not only this head.
+        stop_processes_using(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_processes_using(temp: Path) -> None:
+    """SIGTERM, then SIGKILL, every process whose command line names ``temp``."""
+    marker = str(temp).encode()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [
+            int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _cmdline(p).find(marker) >= 0 and int(p.name) != os.getpid()
+        ]  # fmt: skip
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+            time.sleep(0.2)
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def submit(address: str, env: dict, *args: str, submission_id: str) -> subprocess.CompletedProcess:

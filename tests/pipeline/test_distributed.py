@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import zarr
 
 from pipeline.distributed import plan_replicas, run_scenes
@@ -201,3 +203,20 @@ def test_replicas_are_pinned_one_per_gpu(make_scene, make_checkpoint, tmp_path):
     assert result["status"] == "done"
     gpus = sorted(r.split("gpu=")[1] for r in result["replicas"])
     assert gpus == ["[0]", "[1]"], result["replicas"]
+
+
+def test_progress_line_shows_tiles_rate_and_time_left():
+    import io
+
+    from pipeline.distributed import Progress
+
+    stream = io.StringIO()
+    bar = Progress(total_tiles=10, total_pixels=10_000_000, stream=stream)
+    bar.start -= 4.0  # as if 4 s had passed
+    bar.update(4, 4_000_000)
+    line = bar.line()
+    assert line.startswith("tiles 4/10 (40%)")
+    rate, left = re.search(r"([\d.]+) MP/s\s+(\d+) s left", line).groups()
+    assert float(rate) == pytest.approx(1.0, rel=0.05) and left == "6"
+    bar.update(6, 6_000_000)  # the last update is always printed
+    assert re.search(r"tiles 10/10 \(100%\)  2\.[45]\d MP/s  0 s left\n$", stream.getvalue())
