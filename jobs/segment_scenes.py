@@ -7,7 +7,8 @@ Plain ``python`` starts a local Ray; under ``ray job submit`` (RAY_ADDRESS set)
 it joins the cluster. Each scene becomes ``OUT/<scene stem>.zarr`` and a row in
 ``OUT/manifest/``. Scenes already done with the same model and settings are
 skipped; interrupted ones resume. One bad scene fails alone (recorded with its
-reason); the exit status is 1 when any scene failed, 2 when the model is unusable.
+reason); the exit status is 1 when any scene failed, 2 when the model or the
+output folder is unusable.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import Counter
 
 from fcn_model import FCNModelError, read_meta
 from pipeline.distributed import RunReport, run_scenes
+from pipeline.errors import OutputError
 from pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from pipeline.scenes import expand_scenes
 from pipeline.segment import SegmentSettings
@@ -108,18 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         read_meta(args.model)
-    except FCNModelError as exc:
+        report = run_scenes(
+            expand_scenes(args.scenes),
+            model=args.model,
+            out_dir=args.out,
+            settings=settings,
+            replicas=args.num_replicas,
+            threads=args.threads_per_replica,
+            run_id=args.run_id,
+        )
+    except (FCNModelError, OutputError) as exc:
         log.error("%s", exc)
         return 2
-    report = run_scenes(
-        expand_scenes(args.scenes),
-        model=args.model,
-        out_dir=args.out,
-        settings=settings,
-        replicas=args.num_replicas,
-        threads=args.threads_per_replica,
-        run_id=args.run_id,
-    )
     print_summary(report, args.out)
     return report.exit_code()
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from fcn_model import checkpoint_digest, read_meta
 
-from .errors import SceneError
+from .errors import OutputError, SceneError
 from .inference import Predictor
 from .manifest import ManifestRow, ManifestWriter
 from .planning import Tile, Window, plan_batches
@@ -302,6 +302,8 @@ def run_scenes(
     settings = settings or SegmentSettings()
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: --out must be a folder, and this is a file.")
     manifest = ManifestWriter(out_dir, run_id)
     model = str(model)
     meta = read_meta(model)
