@@ -1,4 +1,4 @@
-"""Synthetic scenes for benchmarks, written strip by strip (never held whole)."""
+"""Synthetic scenes and models for benchmarks; scenes written strip by strip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
 from rasterio.transform import from_origin
+
+from fcn_model import FCN8s, save_checkpoint
 
 
 def write_large_scene(path: Path, size: int, *, bands: int = 3, strip: int = 512) -> Path:
@@ -39,3 +42,16 @@ def write_large_scene(path: Path, size: int, *, bands: int = 3, strip: int = 512
             out[:, disc] = 0
             dst.write(out, window=((row0, row0 + rows.shape[0]), (0, size)))
     return path
+
+
+def random_checkpoint(path: Path, width: float) -> Path:
+    """A seeded random FCN-8s for :func:`write_large_scene`'s 3 uint16 bands."""
+    torch.manual_seed(0)
+    return save_checkpoint(
+        path,
+        FCN8s(4, width=width),
+        classes=["a", "b", "c", "d"],
+        bands=[1, 2, 3],
+        mean=[5000] * 3,
+        std=[3000] * 3,
+    )

@@ -17,12 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scenes import write_large_scene
-
-from fcn_model import FCN8s, save_checkpoint
+from _scenes import random_checkpoint, write_large_scene
 
 CHILD = """
 import json, resource, sys, time
@@ -48,15 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scene_memory_"))
     work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = save_checkpoint(
-        work / "model.safetensors",
-        FCN8s(4, width=args.width),
-        classes=["a", "b", "c", "d"],
-        bands=[1, 2, 3],
-        mean=[5000] * 3,
-        std=[3000] * 3,
-    )
+    model = random_checkpoint(work / "model.safetensors", args.width)
     print(
         f"FCN-8s width={args.width} tile={args.tile_size} overlap={args.overlap} "
         f"batch={args.batch_size}"

@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scenes import write_large_scene
+from _scenes import random_checkpoint, write_large_scene
 
-from fcn_model import FCN8s, save_checkpoint
 from pipeline.distributed import plan_replicas, run_scenes
 from pipeline.inference import Predictor
 from pipeline.planning import plan_batches
@@ -91,15 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="segment_throughput_"))
     scene = write_large_scene(work / "scene.tif", args.size)
-    torch.manual_seed(0)
-    model = save_checkpoint(
-        work / "model.safetensors",
-        FCN8s(4, width=args.width),
-        classes=["a", "b", "c", "d"],
-        bands=[1, 2, 3],
-        mean=[5000] * 3,
-        std=[3000] * 3,
-    )
+    model = random_checkpoint(work / "model.safetensors", args.width)
     settings = SegmentSettings(
         tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size
     )
