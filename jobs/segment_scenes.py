@@ -84,8 +84,10 @@ def print_summary(report: RunReport, out: str) -> None:
     print(f"\nrun {report.run_id}: outputs and manifest in {out}")
     print(f"{'status':<8} {'tiles':>6} {'predicted':>9} {'valid MP':>9} {'seconds':>8}  scene")
     for r in report.rows:
-        print(f"{r.status:<8} {r.tiles:>6} {r.tiles_predicted:>9} {r.valid_pixels / 1e6:>9.2f} "
-              f"{r.seconds:>8.1f}  {r.scene}")  # fmt: skip
+        print(
+            f"{r.status:<8} {r.tiles:>6} {r.tiles_predicted:>9} {r.valid_pixels / 1e6:>9.2f} "
+            f"{r.seconds:>8.1f}  {r.scene}"
+        )
     for replica, batches in sorted(report.replica_batches.items()):
         print(f"replica {replica}: {batches} batches")
     counts = Counter(r.status for r in report.rows)

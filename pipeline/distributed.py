@@ -102,12 +102,21 @@ def _tiles_of(row: dict[str, Any]) -> list[Tile]:
 def _encode_tiles(tiles: Sequence[Tile]) -> np.ndarray:
     return np.array(
         [
-            (*t.index, t.read.row, t.read.col, t.read.height, t.read.width,
-             t.core.row, t.core.col, t.core.height, t.core.width)
+            (
+                *t.index,
+                t.read.row,
+                t.read.col,
+                t.read.height,
+                t.read.width,
+                t.core.row,
+                t.core.col,
+                t.core.height,
+                t.core.width,
+            )
             for t in tiles
         ],
         dtype=np.int64,
-    )  # fmt: skip
+    )
 
 
 def read_stage(row: dict[str, Any]) -> dict[str, Any]:
@@ -189,10 +198,14 @@ class PredictStage:
 def write_stage(row: dict[str, Any]) -> dict[str, Any]:
     """Write every tile of a batch, each into its own chunk (one writer per chunk)."""
     summary = {
-        "scene_id": row["scene_id"], "batch_id": row["batch_id"], "error": row["error"],
+        "scene_id": row["scene_id"],
+        "batch_id": row["batch_id"],
+        "error": row["error"],
         "replica": row["replica"],
-        "tiles": len(row["tiles"]), "predicted": len(row["keep"]), "valid_pixels": 0,
-    }  # fmt: skip
+        "tiles": len(row["tiles"]),
+        "predicted": len(row["keep"]),
+        "valid_pixels": 0,
+    }
     if row["error"]:
         return summary
     stage = str(staging_path(Path(str(row["output"]))))
@@ -226,7 +239,6 @@ class _SceneState:
     tiles_total: int
     started: float = field(default_factory=time.perf_counter)
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    tiles_done: int = 0
     predicted: int = 0
     failed: str = ""
 
@@ -252,8 +264,8 @@ def _now() -> str:
 class Progress:
     """A live line: tiles done of total, megapixels per second, time left."""
 
-    def __init__(self, total_tiles: int, total_pixels: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.pixels = total_tiles, total_pixels
+    def __init__(self, total_tiles: int, stream: TextIO = sys.stderr) -> None:
+        self.total = total_tiles
         self.done = self.done_pixels = 0
         self.start = self.last = time.perf_counter()
         self.stream = stream
@@ -349,18 +361,31 @@ def run_scenes(
                 )
             seen_outputs[plan.output] = str(scene)
             writer = LabelWriter(
-                plan.output, info=plan.info, grid=plan.grid, classes=meta.classes,
-                colors=meta.colors, probabilities=settings.probabilities,
-                attrs={**identity, "model_variant": meta.variant, "bands": list(plan.bands),
-                       "settings": settings.output_settings()},
-            )  # fmt: skip
+                plan.output,
+                info=plan.info,
+                grid=plan.grid,
+                classes=meta.classes,
+                colors=meta.colors,
+                probabilities=settings.probabilities,
+                attrs={
+                    **identity,
+                    "model_variant": meta.variant,
+                    "bands": list(plan.bands),
+                    "settings": settings.output_settings(),
+                },
+            )
             final = read_attrs(plan.output) or {}
             if final.get("complete") is True and all(
                 final.get(k) == v for k, v in writer.identity().items()
             ):
-                record(scene, "skipped", plan=plan, seconds=time.perf_counter() - t0,
-                       error="already done with the same model, settings and source",
-                       started=started)  # fmt: skip
+                record(
+                    scene,
+                    "skipped",
+                    plan=plan,
+                    seconds=time.perf_counter() - t0,
+                    error="already done with the same model, settings and source",
+                    started=started,
+                )
                 continue
             done = writer.resume_or_create()
         except Exception as exc:
@@ -372,10 +397,22 @@ def run_scenes(
         batches = plan_batches(plan.grid, settings.batch_size)
         pending = {b for b, batch in enumerate(batches) if not all(t.index in done for t in batch)}
         if done:
-            log.info("%s: resuming, %d of %d batches already on disk", scene,
-                     len(batches) - len(pending), len(batches))  # fmt: skip
-        states.append(_SceneState(str(scene), plan, writer, batches, pending,
-                                  tiles_total=sum(len(batches[b]) for b in pending)))  # fmt: skip
+            log.info(
+                "%s: resuming, %d of %d batches already on disk",
+                scene,
+                len(batches) - len(pending),
+                len(batches),
+            )
+        states.append(
+            _SceneState(
+                str(scene),
+                plan,
+                writer,
+                batches,
+                pending,
+                tiles_total=sum(len(batches[b]) for b in pending),
+            )
+        )
 
     def finish(state: _SceneState) -> None:
         if state.failed:
@@ -391,13 +428,19 @@ def run_scenes(
 
     items = [
         {
-            "scene_id": sid, "batch_id": b, "scene": state.scene, "output": str(state.plan.output),
-            "bands": list(state.plan.bands), "mean": list(meta.mean), "std": list(meta.std),
-            "tiles": _encode_tiles(state.batches[b]), "probabilities": settings.probabilities,
+            "scene_id": sid,
+            "batch_id": b,
+            "scene": state.scene,
+            "output": str(state.plan.output),
+            "bands": list(state.plan.bands),
+            "mean": list(meta.mean),
+            "std": list(meta.std),
+            "tiles": _encode_tiles(state.batches[b]),
+            "probabilities": settings.probabilities,
         }
         for sid, state in enumerate(states)
         for b in sorted(state.pending)
-    ]  # fmt: skip
+    ]
     for state in states:
         if not state.pending:
             finish(state)
@@ -406,18 +449,20 @@ def run_scenes(
         if not ray.is_initialized():
             ray.init(log_to_driver=True)
         plan = plan_replicas(ray.cluster_resources(), replicas=replicas, threads=threads)
-        log.info("%d batches of %d scenes on %d replica(s) (%s, %d thread(s) each)",
-                 len(items), len(states), plan.replicas, plan.device, plan.threads)  # fmt: skip
-        pixels = sum(
-            t.core.height * t.core.width for s in states for b in s.pending for t in s.batches[b]
+        log.info(
+            "%d batches of %d scenes on %d replica(s) (%s, %d thread(s) each)",
+            len(items),
+            len(states),
+            plan.replicas,
+            plan.device,
+            plan.threads,
         )
-        bar = Progress(len([t for s in states for b in s.pending for t in s.batches[b]]), pixels,
-                       progress) if progress else None  # fmt: skip
+        total = sum(state.tiles_total for state in states)
+        bar = Progress(total, progress) if progress else None
         for row in _pipeline(ray, items, model, settings, plan).iter_rows():
             replica_batches[str(row["replica"])] += 1
             state = states[int(row["scene_id"])]
             state.pending.discard(int(row["batch_id"]))
-            state.tiles_done += int(row["tiles"])
             state.predicted += int(row["predicted"])
             if row["error"] and not state.failed:
                 state.failed = str(row["error"])
@@ -430,8 +475,9 @@ def run_scenes(
     return RunReport(run_id, tuple(manifest.rows), dict(replica_batches))
 
 
-def _pipeline(ray, items: list[dict[str, Any]], model: str, settings: SegmentSettings,
-              plan: ReplicaPlan):  # fmt: skip
+def _pipeline(
+    ray, items: list[dict[str, Any]], model: str, settings: SegmentSettings, plan: ReplicaPlan
+):
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -443,13 +489,16 @@ def _pipeline(ray, items: list[dict[str, Any]], model: str, settings: SegmentSet
         PredictStage,
         compute=ray.data.ActorPoolStrategy(size=plan.replicas),
         fn_constructor_kwargs={
-            "model": model, "device": plan.device, "precision": settings.precision,
-            "probabilities": settings.probabilities, "threads": plan.threads,
+            "model": model,
+            "device": plan.device,
+            "precision": settings.precision,
+            "probabilities": settings.probabilities,
+            "threads": plan.threads,
         },
         num_gpus=plan.num_gpus or None,
         num_cpus=plan.num_cpus,
         # Ray Data's actor pools restart a replica that dies (killed, out of
         # memory, node lost) and retry its batch: max_restarts=-1 and
         # max_task_retries=-1 are its defaults, and a test kills one to prove it.
-    )  # fmt: skip
+    )
     return ds.map(write_stage, num_cpus=io_cpus)

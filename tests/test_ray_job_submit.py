@@ -38,11 +38,20 @@ def ray_head(tmp_path_factory):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     start = [
-        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-        f"--temp-dir={temp}", "--num-cpus=2", "--disable-usage-stats",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-    ]  # fmt: skip
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        f"--temp-dir={temp}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
     proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     try:
@@ -58,9 +67,10 @@ def stop_processes_using(temp: Path) -> None:
     marker = str(temp).encode()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         pids = [
-            int(p.name) for p in Path("/proc").iterdir()
+            int(p.name)
+            for p in Path("/proc").iterdir()
             if p.name.isdigit() and _cmdline(p).find(marker) >= 0 and int(p.name) != os.getpid()
-        ]  # fmt: skip
+        ]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -79,10 +89,26 @@ def _cmdline(proc: Path) -> bytes:
 
 def submit(address: str, env: dict, *args: str, submission_id: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-         "--submission-id", submission_id, "--", "python", "jobs/segment_scenes.py", *args],
-        env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--working-dir",
+            str(ROOT),
+            "--submission-id",
+            submission_id,
+            "--",
+            "python",
+            "jobs/segment_scenes.py",
+            *args,
+        ],
+        env={**env, "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_ray_job_submit_runs_the_nightly_job(ray_head, make_scene, make_checkpoint, tmp_path):
@@ -91,8 +117,19 @@ def test_ray_job_submit_runs_the_nightly_job(ray_head, make_scene, make_checkpoi
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00garbage")
     out = tmp_path / "out"
-    args = ["--model", str(make_checkpoint()), "--scenes", str(good), str(bad), "--out", str(out),
-            "--tile-size", "128", "--overlap", "64"]  # fmt: skip
+    args = [
+        "--model",
+        str(make_checkpoint()),
+        "--scenes",
+        str(good),
+        str(bad),
+        "--out",
+        str(out),
+        "--tile-size",
+        "128",
+        "--overlap",
+        "64",
+    ]
     first = submit(address, env, *args, submission_id="nightly-test-1")
     log = first.stdout + first.stderr
     # The job ran on the existing cluster (no local Ray of its own) and failed
@@ -112,13 +149,26 @@ def test_ray_job_submit_runs_the_nightly_job(ray_head, make_scene, make_checkpoi
     # Without the token the job server refuses the client.
     no_token = subprocess.run(
         [str(BIN / "ray"), "job", "list", "--address", address],
-        env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env={**env, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert no_token.returncode != 0
 
     # The next night: the good scene is skipped and the job succeeds.
-    second = submit(address, env, *args[:4], "--out", str(out), "--tile-size", "128",
-                    "--overlap", "64", submission_id="nightly-test-2")  # fmt: skip
+    second = submit(
+        address,
+        env,
+        *args[:4],
+        "--out",
+        str(out),
+        "--tile-size",
+        "128",
+        "--overlap",
+        "64",
+        submission_id="nightly-test-2",
+    )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "0 done, 1 skipped, 0 failed" in second.stdout
 

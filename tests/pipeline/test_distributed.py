@@ -152,12 +152,22 @@ def test_driver_killed_mid_run_resumes_to_the_same_bytes(
     run_scenes([scene], model=ckpt, out_dir=tmp_path / "ref", settings=settings, progress=None)
 
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "jobs" / "segment_scenes.py"), "--model", str(ckpt),
-           "--scenes", str(scene), "--out", str(out), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "segment_scenes.py"),
+        "--model",
+        str(ckpt),
+        "--scenes",
+        str(scene),
+        "--out",
+        str(out),
+        *args,
+    ]
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     stage = staging_path(out / "scene.zarr")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -194,8 +204,10 @@ def test_replicas_are_pinned_one_per_gpu(make_scene, make_checkpoint, tmp_path):
     scene = make_scene("scene.tif", height=256, width=320)
     proc = subprocess.run(
         [sys.executable, "-c", GPU_SCRIPT, str(scene), str(make_checkpoint()), str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
@@ -211,7 +223,7 @@ def test_progress_line_shows_tiles_rate_and_time_left():
     from pipeline.distributed import Progress
 
     stream = io.StringIO()
-    bar = Progress(total_tiles=10, total_pixels=10_000_000, stream=stream)
+    bar = Progress(total_tiles=10, stream=stream)
     bar.start -= 4.0  # as if 4 s had passed
     bar.update(4, 4_000_000)
     line = bar.line()
