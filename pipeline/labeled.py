@@ -57,7 +57,8 @@ def read_scene_table(path: str | PathLike[str]) -> list[LabeledScene]:
         if split not in SPLITS:
             raise SceneError(path, f"line {n}: split must be train or val, got {row['split']!r}")
         image, label = (
-            str(p if Path(p).is_absolute() or "://" in p else path.parent / p)
+            # Absolute: Ray workers do not share the driver's working directory.
+            str(p if "://" in p else (path.parent / p).resolve())
             for p in (row["image"].strip(), row["label"].strip())
         )
         check_same_grid(image, label)

@@ -20,8 +20,8 @@ def test_table_paths_relative_to_the_csv_and_grids_checked(make_scene, tmp_path)
     table.write_text("image,label,split\na.tif,a_label.tif,train\nb.tif,b_label.tif,VAL\n")
     scenes = read_scene_table(table)
     assert [(s.split, s.image) for s in scenes] == [
-        ("train", str(tmp_path / "a.tif")),
-        ("val", str(tmp_path / "b.tif")),
+        ("train", str((tmp_path / "a.tif").resolve())),
+        ("val", str((tmp_path / "b.tif").resolve())),
     ]
 
 

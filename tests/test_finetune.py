@@ -1,0 +1,168 @@
+"""Fine-tuning: sampling and ignore rules, initialisation, and the Ray Train job end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from fcn_model import FCN8s, load_checkpoint, save_checkpoint
+from jobs import finetune
+from pipeline.labeled import LabeledScene
+from pipeline.planning import Window
+from pipeline.sample import CLASSES, make_sample_scene
+from pipeline.segment import SegmentSettings, segment_scene
+from pipeline.training import (
+    IGNORE,
+    TrainSettings,
+    WindowSampler,
+    _initial_model,
+    band_statistics,
+    read_labeled_window,
+)
+from pipeline.writing import is_complete
+
+
+@pytest.fixture
+def labeled(tmp_path):
+    a = make_sample_scene(tmp_path / "a.tif", tmp_path / "a_l.tif", seed=1, height=200, width=220)
+    b = make_sample_scene(tmp_path / "b.tif", tmp_path / "b_l.tif", seed=2, height=160, width=190)
+    table = tmp_path / "scenes.csv"
+    table.write_text(f"image,label,split\n{a[0]},{a[1]},train\n{b[0]},{b[1]},val\n")
+    return table, [
+        LabeledScene(str(a[0]), str(a[1]), "train"),
+        LabeledScene(str(b[0]), str(b[1]), "val"),
+    ]
+
+
+def test_ignored_pixels_never_reach_the_loss(tmp_path):
+    profile = dict(
+        driver="GTiff",
+        height=8,
+        width=8,
+        crs="EPSG:32633",
+        transform=rasterio.transform.from_origin(0, 80, 10, 10),
+    )
+    image = np.full((1, 8, 8), 100, dtype="int16")
+    image[0, 0, :] = 0  # declared nodata
+    label = np.ones((8, 8), dtype="int16")
+    label[1, :] = -1  # undeclared ignore value (Sen1Floods11)
+    label[2, :] = 7  # outside the classes
+    label[3, :] = 9  # the label file's declared nodata
+    with rasterio.open(tmp_path / "i.tif", "w", count=1, dtype="int16", nodata=0, **profile) as d:
+        d.write(image)
+    with rasterio.open(tmp_path / "l.tif", "w", count=1, dtype="int16", nodata=9, **profile) as d:
+        d.write(label, 1)
+    scene = LabeledScene(str(tmp_path / "i.tif"), str(tmp_path / "l.tif"), "train")
+    img, target = read_labeled_window(
+        scene, Window(0, 0, 8, 8), bands=[1], num_classes=2, ignore_value=-1
+    )
+    assert (target[:4] == IGNORE).all() and (target[4:] == 1).all()
+    assert np.isnan(img[0, 0]).all() and (img[0, 4:] == 100).all()
+
+
+def test_band_statistics_match_the_valid_pixels(labeled):
+    _, scenes = labeled
+    mean, std = band_statistics(scenes, [1, 2, 3, 4], samples=8, size=400)
+    with rasterio.open(scenes[0].image) as src:
+        data = src.read().astype(float)
+        valid = src.dataset_mask() > 0
+    np.testing.assert_allclose(mean, data[:, valid].mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(std, data[:, valid].std(axis=1), rtol=1e-6)
+
+
+def test_windows_differ_per_worker_and_flips_keep_labels_aligned(labeled):
+    _, scenes = labeled
+    s = TrainSettings(
+        scenes=tuple(scenes),
+        classes=CLASSES,
+        colors=((0, 0, 0),) * 4,
+        bands=(1, 2, 3, 4),
+        out="",
+        window=64,
+        batch_size=4,
+        mean=(1000.0,) * 4,
+        std=(800.0,) * 4,
+    )
+    x0, y0 = WindowSampler(s, rank=0, epoch=0).batch()
+    x1, _ = WindowSampler(s, rank=1, epoch=0).batch()
+    assert x0.shape == (4, 4, 64, 64) and y0.shape == (4, 64, 64)
+    assert not torch.equal(x0, x1)
+    # Water is dark in the near-infrared (band 4): after any flip or rotation the
+    # pixels labelled water must still be the dark ones.
+    water = y0 == CLASSES.index("water")
+    if water.any():
+        nir = x0[:, 3]
+        assert nir[water].mean() < nir[(y0 >= 0) & ~water].mean()
+
+
+def test_init_with_other_classes_keeps_the_trunk_and_resets_the_scores(tmp_path, labeled):
+    _, scenes = labeled
+    torch.manual_seed(9)
+    parent = FCN8s(3, in_channels=4, width=0.125)
+    path = save_checkpoint(
+        tmp_path / "parent.safetensors",
+        parent,
+        classes=["a", "b", "c"],
+        bands=[1, 2, 3, 4],
+        mean=[0] * 4,
+        std=[1] * 4,
+    )
+    s = TrainSettings(
+        scenes=tuple(scenes),
+        classes=("x", "y"),
+        colors=((0, 0, 0),) * 2,
+        bands=(1, 2, 3, 4),
+        out="",
+        width=0.125,
+        init=str(path),
+    )
+    child = _initial_model(s)
+    assert torch.equal(child.conv1_1.weight, parent.conv1_1.weight)
+    assert torch.equal(child.fc7.weight, parent.fc7.weight)
+    assert child.score_fr.weight.shape == (2, 512, 1, 1)
+    same = TrainSettings(**{**s.__dict__, "classes": ("a", "b", "c"), "colors": ((0, 0, 0),) * 3})
+    assert torch.equal(_initial_model(same).score_fr.weight, parent.score_fr.weight)
+
+
+def test_two_ddp_workers_train_report_checkpoint_export_and_continue(ray_local, labeled, tmp_path):
+    table, scenes = labeled
+    out = tmp_path / "run"
+    args = [
+        "--scenes",
+        str(table),
+        "--out",
+        str(out),
+        "--classes",
+        ",".join(CLASSES),
+        "--width",
+        "0.125",
+        "--num-workers",
+        "2",
+        "--steps-per-epoch",
+        "4",
+        "--batch-size",
+        "2",
+        "--window",
+        "64",
+    ]
+    assert finetune.main([*args, "--epochs", "2"]) == 0
+    history = json.loads((out / "report.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert all(0 <= h["val_mean_iou"] <= 1 and len(h["confusion"]) == 4 for h in history)
+    _, meta = load_checkpoint(out / "best")
+    assert meta.classes == CLASSES and meta.bands == (1, 2, 3, 4) and len(meta.mean) == 4
+    # The nightly job takes <out>/best as it is.
+    segment_scene(
+        scenes[1].image,
+        model=out / "best",
+        out_dir=tmp_path / "labels",
+        settings=SegmentSettings(tile_size=64, overlap=32),
+    )
+    assert is_complete(tmp_path / "labels" / "b.zarr")
+    # Same --out, more epochs: continues from the last checkpoint (epoch 2 only).
+    assert finetune.main([*args, "--epochs", "3"]) == 0
+    assert [h["epoch"] for h in json.loads((out / "report.json").read_text())] == [0, 1, 2]
