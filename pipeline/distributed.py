@@ -46,7 +46,7 @@ from .inference import Predictor
 from .manifest import ManifestRow, ManifestWriter
 from .planning import Tile, Window, plan_batches
 from .reading import TileReader
-from .segment import ScenePlan, SegmentSettings, core_box, plan_scene
+from .segment import ScenePlan, SegmentSettings, core_box, label_writer, plan_scene
 from .writing import NODATA, ChunkWriter, LabelWriter, read_attrs, staging_path
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,6 @@ def run_scenes(
     model = str(model)
     meta = read_meta(model)
     digest = checkpoint_digest(model)
-    identity = {"model_digest": digest, "settings_digest": settings.digest()}
 
     def record(state_or_scene, status, *, error=None, plan=None, seconds=0.0, started=None):
         st = state_or_scene if isinstance(state_or_scene, _SceneState) else None
@@ -339,7 +338,7 @@ def run_scenes(
                 else 0,
                 seconds=seconds,
                 model_digest=digest,
-                settings_digest=identity["settings_digest"],
+                settings_digest=settings.digest(),
                 source_size=plan.info.size_bytes if plan else -1,
                 source_mtime_ns=plan.info.mtime_ns if plan else -1,
                 started_at=st.started_at if st else (started or _now()),
@@ -360,20 +359,7 @@ def run_scenes(
                     "rename one or run them into different --out folders",
                 )
             seen_outputs[plan.output] = str(scene)
-            writer = LabelWriter(
-                plan.output,
-                info=plan.info,
-                grid=plan.grid,
-                classes=meta.classes,
-                colors=meta.colors,
-                probabilities=settings.probabilities,
-                attrs={
-                    **identity,
-                    "model_variant": meta.variant,
-                    "bands": list(plan.bands),
-                    "settings": settings.output_settings(),
-                },
-            )
+            writer = label_writer(plan, meta=meta, model_digest=digest, settings=settings)
             final = read_attrs(plan.output) or {}
             if final.get("complete") is True and all(
                 final.get(k) == v for k, v in writer.identity().items()

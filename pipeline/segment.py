@@ -97,6 +97,28 @@ def plan_scene(
     return ScenePlan(info, bands, grid, Path(out_dir) / f"{scene_stem(scene)}.zarr")
 
 
+def label_writer(
+    plan: ScenePlan, *, meta: ModelMeta, model_digest: str, settings: SegmentSettings
+) -> LabelWriter:
+    """The writer of a planned scene, carrying what its bytes depend on (model,
+    output settings, bands), so a later run can tell whether to skip or resume it."""
+    return LabelWriter(
+        plan.output,
+        info=plan.info,
+        grid=plan.grid,
+        classes=meta.classes,
+        colors=meta.colors,
+        probabilities=settings.probabilities,
+        attrs={
+            "model_digest": model_digest,
+            "model_variant": meta.variant,
+            "bands": list(plan.bands),
+            "settings": settings.output_settings(),
+            "settings_digest": settings.digest(),
+        },
+    )
+
+
 def core_box(tile: Tile) -> np.ndarray:
     core, read = tile.core, tile.read
     return np.array([core.row - read.row, core.col - read.col, core.height, core.width])
@@ -159,21 +181,7 @@ def segment_scene(
         predictor = Predictor(
             model, precision=settings.precision, probabilities=settings.probabilities
         )
-    writer = LabelWriter(
-        plan.output,
-        info=plan.info,
-        grid=plan.grid,
-        classes=meta.classes,
-        colors=meta.colors,
-        probabilities=settings.probabilities,
-        attrs={
-            "model_digest": checkpoint_digest(model),
-            "model_variant": meta.variant,
-            "bands": list(plan.bands),
-            "settings": settings.output_settings(),
-            "settings_digest": settings.digest(),
-        },
-    )
+    writer = label_writer(plan, meta=meta, model_digest=checkpoint_digest(model), settings=settings)
     writer.create()
     predicted = valid_pixels = 0
     with TileReader(scene, plan.bands, meta.mean, meta.std) as reader:
