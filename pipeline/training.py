@@ -295,6 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
+    resumed_from = start_epoch - 1 if checkpoint else -1
     ddp = prepare_model(model)
     net = ddp.module if hasattr(ddp, "module") else ddp
     deadline = config["deadline"]
@@ -318,6 +319,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "loss": float(np.mean(losses)) if losses else float("nan"),
             "steps": len(losses),
             "time_limit_reached": stopped,
+            # The checkpoint's epoch on the first epoch after a restart, else -1.
+            "resumed_from_epoch": resumed_from if epoch == start_epoch else -1,
         }
         if rank == 0:
             val = validate(net, s, device)

@@ -165,4 +165,6 @@ def test_two_ddp_workers_train_report_checkpoint_export_and_continue(ray_local, 
     assert is_complete(tmp_path / "labels" / "b.zarr")
     # Same --out, more epochs: continues from the last checkpoint (epoch 2 only).
     assert finetune.main([*args, "--epochs", "3"]) == 0
-    assert [h["epoch"] for h in json.loads((out / "report.json").read_text())] == [0, 1, 2]
+    history = json.loads((out / "report.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["resumed_from_epoch"] for h in history] == [-1, -1, 1]
