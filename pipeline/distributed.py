@@ -46,7 +46,7 @@ from .inference import Predictor
 from .manifest import ManifestRow, ManifestWriter
 from .planning import Tile, Window, plan_batches
 from .reading import TileReader
-from .segment import ScenePlan, SegmentSettings, core_box, label_writer, plan_scene
+from .segment import ScenePlan, SegmentSettings, label_writer, plan_scene, read_batch
 from .writing import NODATA, ChunkWriter, LabelWriter, read_attrs, staging_path
 
 log = logging.getLogger(__name__)
@@ -120,35 +120,33 @@ def _encode_tiles(tiles: Sequence[Tile]) -> np.ndarray:
 
 
 def read_stage(row: dict[str, Any]) -> dict[str, Any]:
-    """Read a planned batch; tiles with no valid pixel are listed, not read twice."""
+    """Read a planned batch with :func:`~pipeline.segment.read_batch`; ``keep``
+    lists the tiles that go to the model (the others have no valid pixel)."""
     scene = str(row["scene"])
     key = f"{scene}|{list(row['bands'])}|{list(row['mean'])}|{list(row['std'])}"
     out = {k: row[k] for k in ("scene_id", "batch_id", "output", "tiles", "probabilities")}
     out["error"] = ""
+    arrays = None
+    keep: list[int] = []
     try:
         reader = _READERS.get(key)
         if reader is None:
             reader = _READERS[key] = TileReader(scene, row["bands"], row["mean"], row["std"])
         tiles = _tiles_of(row)
-        keep, images, valids = [], [], []
-        for k, tile in enumerate(tiles):
-            image, valid = reader.read(tile.read)
-            if valid[tile.core.relative_to(tile.read)].any():
-                keep.append(k)
-                images.append(image)
-                valids.append(valid)
+        _, kept, arrays = read_batch(reader, tiles)
+        position = {tile.index: k for k, tile in enumerate(tiles)}
+        keep = [position[tile.index] for tile in kept]
     except SceneError as exc:
         out["error"] = str(exc)
-        keep, images, valids = [], [], []
+        arrays, keep = None, []
     out["keep"] = np.array(keep, dtype=np.int64)
-    out["image"] = np.stack(images) if images else np.zeros((0, 1, 1, 1), np.float32)
-    out["valid"] = np.stack(valids) if valids else np.zeros((0, 1, 1), bool)
-    out["core"] = (
-        np.stack([core_box(_tiles_of(row)[k]) for k in keep])
-        if keep
-        else np.zeros((0, 4), np.int64)
-    )
-    return out
+    if arrays is None:
+        arrays = {
+            "image": np.zeros((0, 1, 1, 1), np.float32),
+            "valid": np.zeros((0, 1, 1), bool),
+            "core": np.zeros((0, 4), np.int64),
+        }
+    return out | arrays
 
 
 class PredictStage:
@@ -360,10 +358,7 @@ def run_scenes(
                 )
             seen_outputs[plan.output] = str(scene)
             writer = label_writer(plan, meta=meta, model_digest=digest, settings=settings)
-            final = read_attrs(plan.output) or {}
-            if final.get("complete") is True and all(
-                final.get(k) == v for k, v in writer.identity().items()
-            ):
+            if writer.is_published():
                 record(
                     scene,
                     "skipped",

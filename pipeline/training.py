@@ -70,6 +70,22 @@ class TrainSettings:
 # -- sampling --------------------------------------------------------------------
 
 
+def read_targets(
+    scene: LabeledScene, window: Window, *, num_classes: int, ignore_value: int | None
+) -> np.ndarray:
+    """int64 targets of a label window, IGNORE where the label is nodata, the ignore
+    value or outside the classes."""
+    win = RioWindow(window.col, window.row, window.width, window.height)
+    with rasterio.open(scene.label) as lab:
+        target = lab.read(1, window=win).astype(np.int64)
+        bad = lab.read_masks(1, window=win) == 0
+    bad |= (target < 0) | (target >= num_classes)
+    if ignore_value is not None:
+        bad |= target == ignore_value
+    target[bad] = IGNORE
+    return target
+
+
 def read_labeled_window(
     scene: LabeledScene,
     window: Window,
@@ -78,19 +94,14 @@ def read_labeled_window(
     num_classes: int,
     ignore_value: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw image window (float32, bands x h x w, NaN where invalid) and int64
-    targets with IGNORE where the label is nodata, the ignore value or outside the
-    classes, or where the image is invalid."""
+    """Raw image window (float32, bands x h x w, NaN where invalid) and its targets
+    (:func:`read_targets`, also IGNORE where the image is invalid)."""
     win = RioWindow(window.col, window.row, window.width, window.height)
-    with rasterio.open(scene.image) as src, rasterio.open(scene.label) as lab:
+    with rasterio.open(scene.image) as src:
         image = src.read(list(bands), window=win, out_dtype="float32")
         valid = (src.read_masks(list(bands), window=win) > 0).any(axis=0)
-        target = lab.read(1, window=win).astype(np.int64)
-        label_valid = lab.read_masks(1, window=win) > 0
-    bad = ~valid | ~label_valid | (target < 0) | (target >= num_classes)
-    if ignore_value is not None:
-        bad |= target == ignore_value
-    target[bad] = IGNORE
+    target = read_targets(scene, window, num_classes=num_classes, ignore_value=ignore_value)
+    target[~valid] = IGNORE
     image[:, ~valid] = np.nan
     return image, target
 
@@ -219,12 +230,9 @@ def validate(model: torch.nn.Module, settings: TrainSettings, device: torch.devi
                     r, c, h, w = core_box(tile)
                     pred = out[k, r : r + h, c : c + w]
                     valid = batch["valid"][k, r : r + h, c : c + w]
-                    _, target = read_labeled_window(
-                        scene,
-                        tile.core,
-                        bands=settings.bands,
-                        num_classes=n,
-                        ignore_value=settings.ignore_value,
+                    # The image is already read: only the labels are needed here.
+                    target = read_targets(
+                        scene, tile.core, num_classes=n, ignore_value=settings.ignore_value
                     )
                     cm += confusion_matrix(target, np.where(valid, pred, -1), n)
     model.train()

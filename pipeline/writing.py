@@ -216,12 +216,20 @@ class LabelWriter:
             }
         )
 
+    def _same_identity(self, attrs: dict[str, Any] | None) -> bool:
+        return attrs is not None and all(attrs.get(k) == v for k, v in self.identity().items())
+
+    def is_published(self) -> bool:
+        """Whether the destination already holds this very output (same model,
+        settings, source and grid), complete: a re-run can skip the scene."""
+        attrs = read_attrs(self.final)
+        return self._same_identity(attrs) and attrs.get("complete") is True
+
     def resume_or_create(self) -> set[tuple[int, int]]:
         """Reuse a staging group left by an interrupted run of the same model,
         settings and source, returning the tiles it already holds; otherwise
         start afresh and return an empty set."""
-        attrs = read_attrs(self.stage)
-        if attrs is not None and all(attrs.get(k) == v for k, v in self.identity().items()):
+        if self._same_identity(read_attrs(self.stage)):
             self._open()
             return self.done_tiles()
         self.create()
