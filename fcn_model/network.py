@@ -1,4 +1,5 @@
-"""FCN-32s, FCN-16s and FCN-8s on a VGG16 trunk (Long, Shelhamer & Darrell, CVPR 2015).
+"""FCN-32s, FCN-16s and FCN-8s on a VGG16 trunk (Long, Shelhamer & Darrell, CVPR 2015),
+and FCN-4s/FCN-2s, which continue the skip chain to pool2 and pool1.
 
 Layer names follow the paper and the Berkeley reference (``voc-fcn8s/net.py``):
 ``conv1_1`` … ``conv5_3``, ``fc6``, ``fc7``, ``score_fr``, ``upscore2``,
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Variant = Literal["fcn32s", "fcn16s", "fcn8s"]
+Variant = Literal["fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s"]
 
 #: The network's output stride: tile origins must sit on multiples of it.
 STRIDE = 32
@@ -49,8 +50,9 @@ _VGG16_BLOCKS: tuple[tuple[int, int, int], ...] = (
     (5, 3, 512),
 )
 _FC_CHANNELS = 4096
-# At-once skip scaling of the reference ("voc-fcn8s-atonce"): pool4 x 0.01, pool3 x 0.0001.
-_SKIP_SCALE = {"pool4": 0.01, "pool3": 0.0001}
+# At-once skip scaling of the reference ("voc-fcn8s-atonce"): pool4 x 0.01, pool3 x 0.0001;
+# the finer skips of FCN-4s/2s continue the same factor of 0.01 per level.
+_SKIP_SCALE = {"pool4": 1e-2, "pool3": 1e-4, "pool2": 1e-6, "pool1": 1e-8}
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -143,6 +145,23 @@ class _FCN(nn.Module):
         self.fc7 = nn.Conv2d(fc, fc, 1)
         self.drop7 = nn.Dropout(dropout)
         self.score_fr = nn.Conv2d(fc, num_classes, 1)
+        # The decoder, walking the skip chain: score_fr x2 ("upscore2"), fused with
+        # score_pool4; x2 ("upscore_pool4"), fused with score_pool3; ...; then one
+        # last upsampling to the input grid ("upscore<factor>", "upscore" for
+        # FCN-32s, "upscore_pool1" for FCN-2s, whose x2 name is taken).
+        for name in self.skips:
+            setattr(self, f"score_{name}", nn.Conv2d(self.pool_channels[name], num_classes, 1))
+        self._upsamplers = [
+            f"upscore{2 if i == 0 else '_' + self.skips[i - 1]}" for i in range(len(self.skips))
+        ]
+        for name in self._upsamplers:
+            setattr(self, name, Upsample(num_classes, 2, learnable=learnable_upsampling))
+        final = STRIDE >> len(self.skips)
+        self._final = "upscore" if not self.skips else f"upscore{final}"
+        if self._final in self._upsamplers:
+            self._final = f"upscore_{self.skips[-1]}"
+        setattr(self, self._final, Upsample(num_classes, final, learnable=learnable_upsampling))
+        self._init_weights()
 
     def _init_weights(self) -> None:
         """He initialisation for the trunk and fc6/fc7 (as torchvision's VGG), small
@@ -162,14 +181,15 @@ class _FCN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the trunk and fc6/fc7 on an input padded to a multiple of 32.
 
-        Returns the ``pool3``, ``pool4`` and ``fc7`` maps (strides 8, 16, 32).
+        Returns ``fc7`` (stride 32) and the pool maps the variant's skips fuse
+        (``pool4`` at stride 16, ``pool3`` at 8, ...).
         """
         feats: dict[str, torch.Tensor] = {}
         for block, n_convs, _ in _VGG16_BLOCKS:
             for i in range(1, n_convs + 1):
                 x = F.relu(getattr(self, f"conv{block}_{i}")(x), inplace=True)
             x = F.max_pool2d(x, 2, stride=2)
-            if block in (3, 4):
+            if f"pool{block}" in self.skips:
                 feats[f"pool{block}"] = x
         x = self.drop6(F.relu(self.fc6(x), inplace=True))
         x = self.drop7(F.relu(self.fc7(x), inplace=True))
@@ -183,7 +203,10 @@ class _FCN(nn.Module):
         return getattr(self, f"score_{name}")(pool)
 
     def _decode(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        score = self.score_fr(feats["fc7"])
+        for up, name in zip(self._upsamplers, self.skips, strict=True):
+            score = getattr(self, up)(score) + self._skip(feats, name)
+        return getattr(self, self._final)(score)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores ``(N, num_classes, H, W)`` for an input ``(N, bands, H, W)``."""
@@ -207,32 +230,12 @@ class FCN32s(_FCN):
     variant: Variant = "fcn32s"
     skips = ()
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, **kw) -> None:
-        super().__init__(num_classes, in_channels, width, **kw)
-        self.upscore = Upsample(num_classes, 32, learnable=self.learnable_upsampling)
-        self._init_weights()
-
-    def _decode(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.upscore(self.score_fr(feats["fc7"]))
-
 
 class FCN16s(_FCN):
     """FCN-16s: score_fr x2, fused with score_pool4, upsampled x16."""
 
     variant: Variant = "fcn16s"
     skips = ("pool4",)
-
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, **kw) -> None:
-        super().__init__(num_classes, in_channels, width, **kw)
-        learn = self.learnable_upsampling
-        self.score_pool4 = nn.Conv2d(self.pool_channels["pool4"], num_classes, 1)
-        self.upscore2 = Upsample(num_classes, 2, learnable=learn)
-        self.upscore16 = Upsample(num_classes, 16, learnable=learn)
-        self._init_weights()
-
-    def _decode(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        fuse_pool4 = self.upscore2(self.score_fr(feats["fc7"])) + self._skip(feats, "pool4")
-        return self.upscore16(fuse_pool4)
 
 
 class FCN8s(_FCN):
@@ -241,23 +244,29 @@ class FCN8s(_FCN):
     variant: Variant = "fcn8s"
     skips = ("pool4", "pool3")
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, **kw) -> None:
-        super().__init__(num_classes, in_channels, width, **kw)
-        learn = self.learnable_upsampling
-        self.score_pool4 = nn.Conv2d(self.pool_channels["pool4"], num_classes, 1)
-        self.score_pool3 = nn.Conv2d(self.pool_channels["pool3"], num_classes, 1)
-        self.upscore2 = Upsample(num_classes, 2, learnable=learn)
-        self.upscore_pool4 = Upsample(num_classes, 2, learnable=learn)
-        self.upscore8 = Upsample(num_classes, 8, learnable=learn)
-        self._init_weights()
 
-    def _decode(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        fuse_pool4 = self.upscore2(self.score_fr(feats["fc7"])) + self._skip(feats, "pool4")
-        fuse_pool3 = self.upscore_pool4(fuse_pool4) + self._skip(feats, "pool3")
-        return self.upscore8(fuse_pool3)
+class FCN4s(_FCN):
+    """FCN-4s: FCN-8s's fusion, x2 again, fused with score_pool2, upsampled x4.
+
+    Not in the paper's table (it reports diminishing returns from pool2 on
+    PASCAL VOC), but remote-sensing classes such as flood water are often only
+    a few pixels wide: an output that is bilinear at stride 8 cannot draw them
+    (``benchmarks/stride_ceiling.py``)."""
+
+    variant: Variant = "fcn4s"
+    skips = ("pool4", "pool3", "pool2")
 
 
-VARIANTS: dict[str, type[_FCN]] = {"fcn32s": FCN32s, "fcn16s": FCN16s, "fcn8s": FCN8s}
+class FCN2s(_FCN):
+    """FCN-2s: the skip chain down to pool1, so the last bilinear step is x2."""
+
+    variant: Variant = "fcn2s"
+    skips = ("pool4", "pool3", "pool2", "pool1")
+
+
+VARIANTS: dict[str, type[_FCN]] = {
+    cls.variant: cls for cls in (FCN32s, FCN16s, FCN8s, FCN4s, FCN2s)
+}
 
 
 def build_model(

@@ -21,6 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from fcn_model import VARIANTS
 from pipeline.labeled import parse_classes, read_scene_table
 from pipeline.training import TrainSettings, band_statistics, job_deadline, train_loop_per_worker
 
@@ -35,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--classes", required=True, help="names (land,water) or a JSON/YAML file")
     p.add_argument("--bands", default=None, help="1-based bands, e.g. 4,3,2 (default: all)")
-    p.add_argument("--variant", choices=["fcn8s", "fcn16s", "fcn32s"], default="fcn8s")
+    p.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="fcn8s",
+        help="fcn8s is the paper's; fcn4s/fcn2s add finer skips for classes a few pixels wide",
+    )
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fcn_model import FCN8s, FCN16s, FCN32s, bilinear_kernel, build_model
-from fcn_model.network import Upsample
+from fcn_model.network import FCN2s, FCN4s, Upsample
 
 
 def test_fcn8s_parameter_count_matches_the_paper():
@@ -33,7 +33,8 @@ def test_fcn8s_parameter_count_matches_the_paper():
 def small_models():
     torch.manual_seed(0)
     return {
-        cls.__name__: cls(4, in_channels=5, width=0.125).eval() for cls in (FCN8s, FCN16s, FCN32s)
+        cls.__name__: cls(4, in_channels=5, width=0.125).eval()
+        for cls in (FCN8s, FCN16s, FCN32s, FCN4s, FCN2s)
     }
 
 
@@ -106,11 +107,12 @@ def test_skip_scaling_scales_pool_features_as_the_reference():
     torch.testing.assert_close((b - bias), (a - bias) * 1e-4, rtol=1e-4, atol=1e-7)
 
 
-def test_shifting_the_input_by_the_stride_shifts_the_labels(small_models):
+@pytest.mark.parametrize("variant", ["FCN8s", "FCN2s"])
+def test_shifting_the_input_by_the_stride_shifts_the_labels(small_models, variant):
     """Tiling relies on this: a 32-px shift of the input shifts the output by 32 px
     away from the borders (any other shift changes the pooling phase)."""
     torch.manual_seed(2)
-    model = small_models["FCN8s"]
+    model = small_models[variant]
     # fc6's 7x7 at stride 32 gives a receptive field of about 400 px: keep the
     # compared core more than 300 px from every border.
     x = torch.randn(1, 5, 704, 704)
@@ -128,8 +130,40 @@ def test_shifting_the_input_by_the_stride_shifts_the_labels(small_models):
 
 
 def test_build_model_rejects_unknown_variant():
-    with pytest.raises(ValueError, match="fcn4s"):
-        build_model("fcn4s", num_classes=2)
+    with pytest.raises(ValueError, match="fcn1s"):
+        build_model("fcn1s", num_classes=2)
+
+
+@pytest.mark.parametrize(
+    ("variant", "upsamplers"),
+    [
+        ("fcn32s", {"upscore": 32}),
+        ("fcn16s", {"upscore2": 2, "upscore16": 16}),
+        ("fcn8s", {"upscore2": 2, "upscore_pool4": 2, "upscore8": 8}),
+        ("fcn4s", {"upscore2": 2, "upscore_pool4": 2, "upscore_pool3": 2, "upscore4": 4}),
+        (
+            "fcn2s",
+            {
+                "upscore2": 2,
+                "upscore_pool4": 2,
+                "upscore_pool3": 2,
+                "upscore_pool2": 2,
+                "upscore_pool1": 2,
+            },
+        ),
+    ],
+)
+def test_skip_chain_layers_and_factors(variant, upsamplers):
+    """The reference's layer names for the paper's variants (checkpoints rely on
+    them), and a x2 step per finer skip down to pool1 for FCN-4s/2s."""
+    model = build_model(variant, num_classes=3, width=0.125)
+    found = {n: m.factor for n, m in model.named_modules() if isinstance(m, Upsample)}
+    assert found == upsamplers
+    skips = {n for n, _ in model.named_children() if n.startswith("score_pool")}
+    assert skips == {f"score_{s}" for s in model.skips}
+    # The fine skip sees the pool's channels: pool1 of width 0.125 has 8.
+    if variant == "fcn2s":
+        assert model.score_pool1.in_channels == 8
 
 
 def test_forward_rejects_wrong_band_count():
