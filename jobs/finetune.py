@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="0-1, redraw windows without rare classes",
     )
+    p.add_argument(
+        "--brightness",
+        type=float,
+        default=0.0,
+        help="augment: scale each window's bands by a gain in [1-b, 1+b] (0 = off)",
+    )
     p.add_argument("--max-failures", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         ignore_value=args.ignore_value,
         rare_class_oversampling=args.oversample_rare,
+        brightness=args.brightness,
         init_vgg16=args.init_vgg16,
         init=args.init,
         seed=args.seed,

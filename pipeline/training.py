@@ -58,6 +58,7 @@ class TrainSettings:
     lr: float | None = None
     ignore_value: int | None = None
     rare_class_oversampling: float = 0.0
+    brightness: float = 0.0
     init_vgg16: str | None = None
     init: str | None = None
     seed: int = 0
@@ -142,7 +143,8 @@ def band_statistics(
 
 
 class WindowSampler:
-    """Random training windows for one worker, with flips and 90-degree rotations.
+    """Random training windows for one worker, with flips and 90-degree rotations,
+    and with ``brightness = b > 0`` a random gain on the raw bands (see ``window``).
 
     With ``rare_class_oversampling = p > 0``, a window whose pixels hold none of
     the classes rarer than average is redrawn with probability ``p``, so rare
@@ -153,6 +155,8 @@ class WindowSampler:
         self.s = settings
         self.train = [sc for sc in settings.scenes if sc.split == "train"]
         self.rng = np.random.default_rng([settings.seed, rank, epoch])
+        # Gains draw from their own stream: windows and flips do not depend on them.
+        self.gain_rng = np.random.default_rng([settings.seed, rank, epoch, 1])
         self.shapes = []
         for sc in self.train:
             with rasterio.open(sc.image) as src:
@@ -187,6 +191,13 @@ class WindowSampler:
                     continue
             self.counts += present
             break
+        if self.s.brightness:
+            # Illumination, haze and turbidity scale reflectance: one gain per window
+            # in [1 - b, 1 + b], and a smaller one per band.
+            b = self.s.brightness
+            gain = 1 + b * self.gain_rng.uniform(-1, 1)
+            gain = gain * (1 + b / 6 * self.gain_rng.standard_normal(image.shape[0]))
+            image = image * gain.astype(np.float32)[:, None, None]
         image = np.nan_to_num((image - self.mean) / self.std, nan=0.0)
         flips = self.rng.integers(0, 2, 2)
         turns = int(self.rng.integers(0, 4))

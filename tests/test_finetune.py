@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 
 import numpy as np
+import psutil
 import pytest
 import rasterio
 import torch
@@ -99,6 +103,32 @@ def test_windows_differ_per_worker_and_flips_keep_labels_aligned(labeled):
         assert nir[water].mean() < nir[(y0 >= 0) & ~water].mean()
 
 
+def test_brightness_scales_each_window_by_one_gain_per_band(labeled):
+    _, scenes = labeled
+    base = TrainSettings(
+        scenes=tuple(scenes),
+        classes=CLASSES,
+        colors=((0, 0, 0),) * 4,
+        bands=(1, 2, 3, 4),
+        out="",
+        window=64,
+        batch_size=6,
+        mean=(0.0,) * 4,
+        std=(1.0,) * 4,
+    )
+    plain, y_plain = WindowSampler(base, rank=0, epoch=0).batch()
+    bright = TrainSettings(**{**base.__dict__, "brightness": 0.3})
+    lit, y_lit = WindowSampler(bright, rank=0, epoch=0).batch()
+    assert torch.equal(y_plain, y_lit)  # same windows, same labels
+    # Where the raw value is not 0 (nodata), lit / plain is one gain per window and
+    # band, and the gains spread over [0.7, 1.3] (with the small per-band part).
+    ratio = torch.where(plain != 0, lit / plain, torch.nan).flatten(2)
+    gains = ratio.nanmedian(dim=2).values
+    spread = (ratio - gains[..., None]).abs().nan_to_num().amax()
+    assert spread < 1e-4
+    assert gains.min() > 0.5 and gains.max() < 1.5 and gains.std() > 0.05
+
+
 def test_init_with_other_classes_keeps_the_trunk_and_resets_the_scores(tmp_path, labeled):
     _, scenes = labeled
     torch.manual_seed(9)
@@ -168,3 +198,79 @@ def test_two_ddp_workers_train_report_checkpoint_export_and_continue(ray_local, 
     history = json.loads((out / "report.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert [h["resumed_from_epoch"] for h in history] == [-1, -1, 1]
+
+
+def _registered_epoch(experiment) -> int:
+    """The epoch of the last checkpoint Ray Train's controller registered (its
+    snapshot, written after registration; a folder on disk may not be registered
+    yet). -1 while there is none or the file is being rewritten."""
+    try:
+        snap = json.loads((experiment / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return -1
+    latest = snap.get("latest_checkpoint_result") or {}
+    return int((latest.get("metrics") or {}).get("epoch", -1))
+
+
+def test_a_killed_worker_resumes_from_the_last_registered_checkpoint(
+    ray_local, labeled, tmp_path, monkeypatch
+):
+    table, _ = labeled
+    out = tmp_path / "run"
+    # Ray Train polls its workers every 2 s by default; poll faster so a short
+    # epoch's checkpoint is registered before the next one.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    killed: dict[str, int] = {}
+
+    def kill_a_worker_once_epoch_1_is_registered() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            epoch = _registered_epoch(out / "ray_results" / "finetune")
+            workers = []
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if "RayTrainWorker" in " ".join(p.cmdline()):
+                        workers.append(p)
+                except psutil.Error:  # a short-lived process that is already gone
+                    continue
+            if epoch >= 1 and workers:
+                workers[0].send_signal(signal.SIGKILL)
+                killed.update(epoch=epoch, pid=workers[0].pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_once_epoch_1_is_registered)
+    killer.start()
+    code = finetune.main(
+        [
+            "--scenes",
+            str(table),
+            "--out",
+            str(out),
+            "--classes",
+            ",".join(CLASSES),
+            "--width",
+            "0.125",
+            "--num-workers",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--steps-per-epoch",
+            "3",
+            "--batch-size",
+            "2",
+            "--window",
+            "64",
+            "--epochs",
+            "10",
+        ]
+    )
+    killer.join()
+    assert code == 0 and killed, "the worker was never killed"
+    history = json.loads((out / "report.json").read_text())
+    # Every epoch once, in order: the restarted group carried on, it did not redo
+    # the run or lose the history.
+    assert [h["epoch"] for h in history] == list(range(10))
+    resumed = [h["resumed_from_epoch"] for h in history if h["resumed_from_epoch"] >= 0]
+    # One restart, from a checkpoint at or after the one registered before the kill.
+    assert len(resumed) == 1 and resumed[0] >= killed["epoch"]
