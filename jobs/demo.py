@@ -20,6 +20,8 @@ import zarr
 
 from fcn_model import FCN8s, save_checkpoint
 from jobs import segment_scenes
+from pipeline.areas import query_areas
+from pipeline.export import export_cog
 from pipeline.metrics import confusion_matrix, scores
 from pipeline.sample import CLASSES, COLORS, make_sample_scene
 
@@ -118,8 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"   nodata agrees with the source mask: {bool(np.array_equal(pred == 255, truth == 255))}"
     )
+    done = export_cog(zpath, out / "cogs", quicklook=512)
+    print(f"5. exported {done.labels} (COG) and the quicklook {done.quicklook}")
+    print(query_areas([zpath]).drop(columns="output").to_string(index=False))
     print("Open the label raster with:")
-    print(f"   gdalinfo 'ZARR:\"{zpath.resolve()}\":/labels'")
+    print(
+        f"   gdalinfo 'ZARR:\"{zpath.resolve()}\":/labels'    (or the COG: gdalinfo {done.labels})"
+    )
     print(
         f"   python -c \"import xarray as xr; print(xr.open_zarr('{zpath}', mask_and_scale=False).labels)\""
     )

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numcodecs
 import numpy as np
 import zarr
 from pyproj import CRS
+from rasterio.transform import Affine
 
 from .errors import OutputError
 from .planning import TileGrid, Window
@@ -362,3 +364,47 @@ def is_complete(path: str | PathLike[str]) -> bool:
     """Whether ``path`` is a published label raster of this pipeline."""
     attrs = read_attrs(path) or {}
     return attrs.get("format") == OUTPUT_FORMAT and attrs.get("complete") is True
+
+
+# -- reading a published output back ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelRaster:
+    """What an export needs from a published Zarr label raster."""
+
+    path: Path
+    labels: zarr.Array
+    probabilities: zarr.Array | None
+    crs_wkt: str | None
+    transform: Affine
+    classes: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.name.removesuffix(".zarr")
+
+
+def open_label_raster(path: str | PathLike[str]) -> LabelRaster:
+    """Open a published output (refusing partial or foreign folders, naming them)."""
+    path = Path(path)
+    if not is_complete(path):
+        raise OutputError(
+            f"{path}: not a complete label raster of this pipeline (missing, still "
+            "being written, or written by something else)."
+        )
+    root = zarr.open_group(str(path), mode="r", zarr_format=2)
+    labels = root["labels"]
+    attrs = dict(labels.attrs)
+    gt = [float(v) for v in read_attrs(path / "spatial_ref")["GeoTransform"].split()]
+    crs = attrs.get("_CRS", {}).get("wkt")
+    return LabelRaster(
+        path=path,
+        labels=labels,
+        probabilities=root["probabilities"] if "probabilities" in root else None,
+        crs_wkt=crs,
+        transform=Affine.from_gdal(*gt),
+        classes=tuple(attrs["class_names"]),
+        colors=tuple(tuple(c) for c in attrs["class_colors"]),
+    )

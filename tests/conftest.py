@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
 from fcn_model import FCN8s, save_checkpoint
 
@@ -172,5 +172,62 @@ def make_checkpoint(tmp_path) -> Callable[..., Path]:
             mean=mean or [5000.0] * len(bands),
             std=std or [3000.0] * len(bands),
         )
+
+    return factory
+
+
+@pytest.fixture
+def make_labels(tmp_path) -> Callable[..., Path]:
+    """Factory: publish a Zarr label raster of given labels (uint8, 255 = nodata)
+    on a given grid through the pipeline's own writer, with no model in the way."""
+    from pyproj import CRS
+
+    from pipeline.planning import plan_tiles
+    from pipeline.reading import SceneInfo
+    from pipeline.writing import LabelWriter
+
+    def factory(
+        labels: np.ndarray,
+        *,
+        crs: str = "EPSG:32633",
+        transform: Affine | None = None,
+        name: str = "scene.zarr",
+        out_dir: Path | None = None,
+        classes: Sequence[str] = ("water", "forest", "field", "town"),
+        colors: Sequence[Sequence[int]] = ((0, 0, 255), (0, 128, 0), (255, 255, 0), (200, 0, 0)),
+        tile_size: int = 256,
+        probabilities: np.ndarray | None = None,
+    ) -> Path:
+        h, w = labels.shape
+        info = SceneInfo(
+            path=name,
+            height=h,
+            width=w,
+            count=1,
+            dtypes=("uint8",),
+            crs_wkt=CRS.from_user_input(crs).to_wkt(),
+            transform=tuple(transform or from_origin(500_000, 4_000_000, 10, 10))[:6],
+            nodata=None,
+            mask_flags=(("all_valid",),),
+            size_bytes=0,
+            mtime_ns=0,
+        )
+        grid = plan_tiles(h, w, tile_size=tile_size, overlap=32)
+        writer = LabelWriter(
+            (out_dir or tmp_path / "labels") / name,
+            info=info,
+            grid=grid,
+            classes=classes,
+            colors=colors,
+            probabilities=probabilities is not None,
+        )
+        writer.create()
+        for i in range(grid.rows):
+            for j in range(grid.cols):
+                c = grid.tile(i, j).core
+                rows, cols = slice(c.row, c.row + c.height), slice(c.col, c.col + c.width)
+                probs = None if probabilities is None else probabilities[:, rows, cols]
+                writer.write_tile(c, labels[rows, cols], probs)
+        return writer.publish()
 
     return factory

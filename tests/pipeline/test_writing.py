@@ -96,6 +96,11 @@ def test_xarray_open_zarr_gives_pixel_centre_coordinates(output):
     np.testing.assert_allclose(ds.y.values, t.f + t.e * (np.arange(333) + 0.5), rtol=0, atol=0)
     assert "spatial_ref" in labels.coords
     assert CRS.from_wkt(ds.spatial_ref.attrs["crs_wkt"]) == src.crs
+    # rioxarray finds the CRS and the transform through the grid mapping.
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    assert labels.rio.crs == src.crs
+    assert close(labels.rio.transform()[:6], t[:6])
     assert ds.attrs["complete"] is True and len(ds.attrs["model_digest"]) == 64
     assert ds.attrs["tile_grid"]["tile_size"] == 128
 

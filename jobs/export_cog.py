@@ -1,0 +1,57 @@
+"""Export Zarr label rasters to Cloud Optimized GeoTIFFs for GDAL and QGIS.
+
+    python jobs/export_cog.py OUT/scene_a.zarr [OUT/scene_b.zarr ...] --out cogs \\
+        [--probabilities] [--quicklook 1024]
+
+Writes ``cogs/<name>.tif`` per scene (nodata 255, 512-px tiles, overviews by mode,
+the class colours as a colour table) with ``cogs/<name>.tif.aux.xml`` holding
+the class names (category names and a raster attribute table; keep it beside
+the .tif). ``--probabilities`` adds ``<name>_probabilities.tif``;
+``--quicklook N`` adds ``<name>.png``, a colour-mapped preview N pixels on its
+longer side. A bad input fails alone and is named; the others are exported.
+Exit status: 0 all exported, 1 some failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.export import export_cog
+
+log = logging.getLogger("export_cog")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("zarr", nargs="+", help="label rasters written by jobs/segment_scenes.py")
+    p.add_argument("--out", required=True, help="folder for the GeoTIFFs")
+    p.add_argument("--probabilities", action="store_true", help="also export probabilities")
+    p.add_argument("--quicklook", type=int, default=None, metavar="PX", help="PNG preview size")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    failed = 0
+    for path in args.zarr:
+        try:
+            done = export_cog(
+                path, args.out, probabilities=args.probabilities, quicklook=args.quicklook
+            )
+        except Exception as exc:  # one bad scene fails alone
+            failed += 1
+            log.error("%s: export failed: %s", path, exc)
+            continue
+        for written in (done.labels, done.probabilities, done.quicklook):
+            if written:
+                print(written)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

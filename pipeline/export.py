@@ -1,0 +1,198 @@
+"""Cloud Optimized GeoTIFFs and PNG quicklooks of the Zarr label rasters.
+
+``export_cog`` copies a published label raster, window by window, into a tiled
+GeoTIFF staging file (labels, nodata 255, the class colours as a colour table),
+then has GDAL's own COG driver rewrite it with overviews built by *mode*
+resampling: an overview pixel is the most frequent class below it, never an
+average of class ids. The class names go where GDAL and QGIS look for them:
+category names and a thematic raster attribute table in ``<name>.tif.aux.xml``
+(GDAL keeps both in this PAM sidecar for GeoTIFFs), and ``CLASS_<id>`` tags in
+the TIFF itself so they survive without the sidecar. Files are staged under a
+dot name and renamed into place, so a failed export never replaces a good one.
+
+Memory is bounded by one Zarr chunk plus GDAL's block cache, whatever the
+raster's size.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import rasterio
+import zarr
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.shutil import copy as gdal_copy
+
+from .errors import OutputError
+from .writing import NODATA, LabelRaster, open_label_raster
+
+#: COG internal tile edge; also the staging file's block size.
+BLOCK = 512
+_COG_OPTIONS = {
+    "BLOCKSIZE": str(BLOCK),
+    "COMPRESS": "DEFLATE",
+    "PREDICTOR": "NO",
+    "LEVEL": "6",
+    "BIGTIFF": "IF_SAFER",
+    "OVERVIEWS": "AUTO",
+}
+
+
+def colormap(colors: tuple[tuple[int, int, int], ...]) -> dict[int, tuple[int, int, int, int]]:
+    """A GDAL colour table: the class colours, transparent nodata, grey elsewhere."""
+    table = {i: (128, 128, 128, 255) for i in range(256)}
+    table.update({i: (*c, 255) for i, c in enumerate(colors)})
+    table[NODATA] = (0, 0, 0, 0)
+    return table
+
+
+def _windows(shape: tuple[int, ...], chunks: tuple[int, ...]):
+    """Chunk-aligned (row slice, col slice) pairs covering the last two axes."""
+    height, width = shape[-2:]
+    ch, cw = chunks[-2:]
+    for r in range(0, height, ch):
+        for c in range(0, width, cw):
+            yield slice(r, min(r + ch, height)), slice(c, min(c + cw, width))
+
+
+def _stage_tiff(
+    src: zarr.Array, dst: Path, raster: LabelRaster, *, nodata: int | None, tags: dict
+) -> None:
+    """Copy a 2-D or (band, y, x) Zarr array into a tiled GeoTIFF, chunk by chunk."""
+    bands = 1 if src.ndim == 2 else src.shape[0]
+    profile = {
+        "driver": "GTiff",
+        "height": src.shape[-2],
+        "width": src.shape[-1],
+        "count": bands,
+        "dtype": "uint8",
+        "crs": raster.crs_wkt,
+        "transform": raster.transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "ZSTD",
+        "BIGTIFF": "IF_SAFER",
+    }
+    with rasterio.open(dst, "w", **profile) as out:
+        # Colour interpretation first: GeoTIFF cannot change it once data is written.
+        if src.ndim == 2:
+            out.write_colormap(1, colormap(raster.colors))
+        else:
+            out.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (bands - 1)
+            for b, name in enumerate(raster.classes, start=1):
+                out.set_band_description(b, f"probability of {name} x 255")
+        out.update_tags(**tags)
+        for rows, cols in _windows(src.shape, src.chunks):
+            block = src[rows, cols] if src.ndim == 2 else src[:, rows, cols]
+            window = rasterio.windows.Window(
+                cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
+            )
+            out.write(block, indexes=1 if src.ndim == 2 else None, window=window)
+
+
+def _cog(staging_tiff: Path, dst: Path, resampling: str) -> None:
+    """GDAL's COG driver: overviews by ``resampling``, IFDs first, tiles in order."""
+    partial = dst.with_name(f".{dst.name}.partial")
+    try:
+        gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
+        Path(f"{partial}.aux.xml").unlink(missing_ok=True)
+
+
+def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
+    """A PAM sidecar with category names and a thematic raster attribute table."""
+    names = "".join(f"<Category>{escape(c)}</Category>" for c in classes)
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    defs = "".join(
+        f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+        for i, (n, t, u) in enumerate(fields)
+    )
+    rows = "".join(
+        f'<Row index="{i}"><F>{i}</F><F>{escape(c)}</F>'
+        + "".join(f"<F>{v}</F>" for v in colors[i])
+        + "</Row>"
+        for i, c in enumerate(classes)
+    )
+    return (
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n'
+        f"    <CategoryNames>{names}</CategoryNames>\n"
+        f'    <GDALRasterAttributeTable tableType="thematic">{defs}{rows}'
+        "</GDALRasterAttributeTable>\n  </PAMRasterBand>\n</PAMDataset>\n"
+    )
+
+
+@dataclass(frozen=True)
+class Exported:
+    labels: Path
+    probabilities: Path | None
+    quicklook: Path | None
+
+
+def export_cog(
+    zarr_path: str | PathLike[str],
+    out_dir: str | PathLike[str],
+    *,
+    probabilities: bool = False,
+    quicklook: int | None = None,
+) -> Exported:
+    """Export one label raster to ``out_dir/<name>.tif`` (+ ``.aux.xml``), and
+    optionally ``<name>_probabilities.tif`` and a ``<name>.png`` quicklook whose
+    longer side is ``quicklook`` pixels."""
+    raster = open_label_raster(zarr_path)
+    if probabilities and raster.probabilities is None:
+        raise OutputError(f"{raster.path}: has no probabilities to export.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / f"{raster.name}.tif"
+    staging = out_dir / f".{raster.name}.staging.tif"
+    tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
+    try:
+        _stage_tiff(raster.labels, staging, raster, nodata=NODATA, tags=tags)
+        _cog(staging, dst, "MODE")
+        # GDAL keeps category names and attribute tables of GeoTIFFs in this sidecar.
+        aux = Path(f"{dst}.aux.xml")
+        aux_partial = aux.with_name(f".{aux.name}.partial")
+        aux_partial.write_text(pam_categories(raster.classes, raster.colors))
+        os.replace(aux_partial, aux)
+        prob_dst = None
+        if probabilities:
+            prob_dst = out_dir / f"{raster.name}_probabilities.tif"
+            _stage_tiff(raster.probabilities, staging, raster, nodata=None, tags=tags)
+            # Probabilities are continuous: averaging is the right overview.
+            _cog(staging, prob_dst, "AVERAGE")
+    finally:
+        staging.unlink(missing_ok=True)
+    png = write_quicklook(dst, out_dir / f"{raster.name}.png", quicklook) if quicklook else None
+    return Exported(dst, prob_dst, png)
+
+
+def write_quicklook(cog: str | PathLike[str], dst: str | PathLike[str], size: int) -> Path:
+    """A paletted PNG of a label COG, longer side ``size`` pixels, downsampled by
+    mode (from the COG's overviews), nodata transparent."""
+    dst = Path(dst)
+    with rasterio.open(cog) as src:
+        scale = min(1.0, size / max(src.height, src.width))
+        shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        small = src.read(1, out_shape=shape, resampling=Resampling.mode)
+        cmap = src.colormap(1)
+    partial = dst.with_name(f".{dst.name}.partial")
+    with warnings.catch_warnings():  # a picture: no georeferencing wanted
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(
+            partial, "w", driver="PNG", height=shape[0], width=shape[1], count=1, dtype="uint8"
+        ) as out:
+            out.write(small, 1)
+            out.write_colormap(1, cmap)
+    os.replace(partial, dst)
+    Path(f"{partial}.aux.xml").unlink(missing_ok=True)
+    return dst
