@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -30,7 +32,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.shutil import copy as gdal_copy
 
 from .errors import OutputError
-from .writing import NODATA, LabelRaster, open_label_raster
+from .writing import NODATA, LabelRaster, open_label_raster, staging_path
 
 #: COG internal tile edge; also the staging file's block size.
 BLOCK = 512
@@ -98,15 +100,24 @@ def _stage_tiff(
             out.write(block, indexes=1 if src.ndim == 2 else None, window=window)
 
 
-def _cog(staging_tiff: Path, dst: Path, resampling: str) -> None:
-    """GDAL's COG driver: overviews by ``resampling``, IFDs first, tiles in order."""
-    partial = dst.with_name(f".{dst.name}.partial")
+@contextmanager
+def _published(dst: Path) -> Iterator[Path]:
+    """Yield the staging path of ``dst`` (:func:`~pipeline.writing.staging_path`),
+    rename it onto ``dst`` when the block succeeds, and always clear the staging
+    file and any PAM sidecar GDAL left beside it."""
+    partial = staging_path(dst)
     try:
-        gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
+        yield partial
         os.replace(partial, dst)
     finally:
         partial.unlink(missing_ok=True)
         Path(f"{partial}.aux.xml").unlink(missing_ok=True)
+
+
+def _cog(staging_tiff: Path, dst: Path, resampling: str) -> None:
+    """GDAL's COG driver: overviews by ``resampling``, IFDs first, tiles in order."""
+    with _published(dst) as partial:
+        gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
 
 
 def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
@@ -160,10 +171,8 @@ def export_cog(
         _stage_tiff(raster.labels, staging, raster, nodata=NODATA, tags=tags)
         _cog(staging, dst, "MODE")
         # GDAL keeps category names and attribute tables of GeoTIFFs in this sidecar.
-        aux = Path(f"{dst}.aux.xml")
-        aux_partial = aux.with_name(f".{aux.name}.partial")
-        aux_partial.write_text(pam_categories(raster.classes, raster.colors))
-        os.replace(aux_partial, aux)
+        with _published(Path(f"{dst}.aux.xml")) as aux:
+            aux.write_text(pam_categories(raster.classes, raster.colors))
         prob_dst = None
         if probabilities:
             prob_dst = out_dir / f"{raster.name}_probabilities.tif"
@@ -185,14 +194,11 @@ def write_quicklook(cog: str | PathLike[str], dst: str | PathLike[str], size: in
         shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
         small = src.read(1, out_shape=shape, resampling=Resampling.mode)
         cmap = src.colormap(1)
-    partial = dst.with_name(f".{dst.name}.partial")
-    with warnings.catch_warnings():  # a picture: no georeferencing wanted
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with _published(dst) as partial, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: no georeferencing
         with rasterio.open(
             partial, "w", driver="PNG", height=shape[0], width=shape[1], count=1, dtype="uint8"
         ) as out:
             out.write(small, 1)
             out.write_colormap(1, cmap)
-    os.replace(partial, dst)
-    Path(f"{partial}.aux.xml").unlink(missing_ok=True)
     return dst
