@@ -78,19 +78,22 @@ def test_band_statistics_match_the_valid_pixels(labeled):
     np.testing.assert_allclose(std, data[:, valid].std(axis=1), rtol=1e-6)
 
 
-def test_windows_differ_per_worker_and_flips_keep_labels_aligned(labeled):
-    _, scenes = labeled
-    s = TrainSettings(
+def sampler_settings(scenes, **overrides) -> TrainSettings:
+    """Settings for sampling 64-px windows of the sample scenes' 4 bands."""
+    return TrainSettings(
         scenes=tuple(scenes),
         classes=CLASSES,
         colors=((0, 0, 0),) * 4,
         bands=(1, 2, 3, 4),
         out="",
         window=64,
-        batch_size=4,
-        mean=(1000.0,) * 4,
-        std=(800.0,) * 4,
+        **overrides,
     )
+
+
+def test_windows_differ_per_worker_and_flips_keep_labels_aligned(labeled):
+    _, scenes = labeled
+    s = sampler_settings(scenes, batch_size=4, mean=(1000.0,) * 4, std=(800.0,) * 4)
     x0, y0 = WindowSampler(s, rank=0, epoch=0).batch()
     x1, _ = WindowSampler(s, rank=1, epoch=0).batch()
     assert x0.shape == (4, 4, 64, 64) and y0.shape == (4, 64, 64)
@@ -105,19 +108,9 @@ def test_windows_differ_per_worker_and_flips_keep_labels_aligned(labeled):
 
 def test_brightness_scales_each_window_by_one_gain_per_band(labeled):
     _, scenes = labeled
-    base = TrainSettings(
-        scenes=tuple(scenes),
-        classes=CLASSES,
-        colors=((0, 0, 0),) * 4,
-        bands=(1, 2, 3, 4),
-        out="",
-        window=64,
-        batch_size=6,
-        mean=(0.0,) * 4,
-        std=(1.0,) * 4,
-    )
-    plain, y_plain = WindowSampler(base, rank=0, epoch=0).batch()
-    bright = TrainSettings(**{**base.__dict__, "brightness": 0.3})
+    raw = {"batch_size": 6, "mean": (0.0,) * 4, "std": (1.0,) * 4}
+    plain, y_plain = WindowSampler(sampler_settings(scenes, **raw), rank=0, epoch=0).batch()
+    bright = sampler_settings(scenes, **raw, brightness=0.3)
     lit, y_lit = WindowSampler(bright, rank=0, epoch=0).batch()
     assert torch.equal(y_plain, y_lit)  # same windows, same labels
     # Where the raw value is not 0 (nodata), lit / plain is one gain per window and
