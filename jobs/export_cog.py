@@ -9,7 +9,10 @@ the class names (category names and a raster attribute table; keep it beside
 the .tif). ``--probabilities`` adds ``<name>_probabilities.tif``;
 ``--quicklook N`` adds ``<name>.png``, a colour-mapped preview N pixels on its
 longer side. A bad input fails alone and is named; the others are exported.
-Exit status: 0 all exported, 1 some failed.
+A GeoTIFF already exported from the very same label raster (its
+SOURCE_FINGERPRINT tag: model, settings, source file, grid) is kept, so a
+nightly run redoes only re-segmented scenes; ``--force`` rewrites it anyway.
+Prints every output path. Exit status: 0 all exported, 1 some failed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the GeoTIFFs")
     p.add_argument("--probabilities", action="store_true", help="also export probabilities")
     p.add_argument("--quicklook", type=int, default=None, metavar="PX", help="PNG preview size")
+    p.add_argument(
+        "--force", action="store_true", help="rewrite GeoTIFFs even when they are current"
+    )
     return p
 
 
@@ -41,12 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.zarr:
         try:
             done = export_cog(
-                path, args.out, probabilities=args.probabilities, quicklook=args.quicklook
+                path,
+                args.out,
+                probabilities=args.probabilities,
+                quicklook=args.quicklook,
+                force=args.force,
             )
         except Exception as exc:  # one bad scene fails alone
             failed += 1
             log.error("%s: export failed: %s", path, exc)
             continue
+        for kept in done.kept:
+            log.info("%s: kept, already exported from this label raster", kept)
         for written in (done.labels, done.probabilities, done.quicklook):
             if written:
                 print(written)

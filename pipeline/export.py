@@ -10,6 +10,10 @@ category names and a thematic raster attribute table in ``<name>.tif.aux.xml``
 the TIFF itself so they survive without the sidecar. Files are staged under a
 dot name and renamed into place, so a failed export never replaces a good one.
 
+Each GeoTIFF carries the label raster's fingerprint (``SOURCE_FINGERPRINT``, a
+digest of its model, settings, source file and grid). A re-run keeps a GeoTIFF
+whose fingerprint matches, so a nightly export redoes only re-segmented scenes.
+
 Memory is bounded by one Zarr chunk plus GDAL's block cache, whatever the
 raster's size.
 """
@@ -28,7 +32,7 @@ from xml.sax.saxutils import escape
 import rasterio
 import zarr
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.shutil import copy as gdal_copy
 
 from .errors import OutputError
@@ -36,6 +40,8 @@ from .writing import NODATA, LabelRaster, open_label_raster, staging_path
 
 #: COG internal tile edge; also the staging file's block size.
 BLOCK = 512
+#: The TIFF tag holding the fingerprint of the label raster a GeoTIFF was made from.
+SOURCE_TAG = "SOURCE_FINGERPRINT"
 _COG_OPTIONS = {
     "BLOCKSIZE": str(BLOCK),
     "COMPRESS": "DEFLATE",
@@ -120,6 +126,17 @@ def _cog(staging_tiff: Path, dst: Path, resampling: str) -> None:
         gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
 
 
+def exported_from(tiff: Path, fingerprint: str) -> bool:
+    """Whether ``tiff`` is an export of the label raster with this fingerprint."""
+    if not tiff.is_file():
+        return False
+    try:
+        with rasterio.open(tiff) as src:
+            return src.tags().get(SOURCE_TAG) == fingerprint
+    except RasterioError:  # not a GeoTIFF we can read: export again
+        return False
+
+
 def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
     """A PAM sidecar with category names and a thematic raster attribute table."""
     names = "".join(f"<Category>{escape(c)}</Category>" for c in classes)
@@ -147,6 +164,8 @@ class Exported:
     labels: Path
     probabilities: Path | None
     quicklook: Path | None
+    #: GeoTIFFs left as they were: already exported from this very label raster.
+    kept: tuple[Path, ...] = ()
 
 
 def export_cog(
@@ -155,10 +174,15 @@ def export_cog(
     *,
     probabilities: bool = False,
     quicklook: int | None = None,
+    force: bool = False,
 ) -> Exported:
     """Export one label raster to ``out_dir/<name>.tif`` (+ ``.aux.xml``), and
     optionally ``<name>_probabilities.tif`` and a ``<name>.png`` quicklook whose
-    longer side is ``quicklook`` pixels."""
+    longer side is ``quicklook`` pixels.
+
+    A GeoTIFF already exported from this very raster (same fingerprint) is kept
+    unless ``force``; the sidecar and the quicklook (both small) are rewritten.
+    """
     raster = open_label_raster(zarr_path)
     if probabilities and raster.probabilities is None:
         raise OutputError(f"{raster.path}: has no probabilities to export.")
@@ -167,22 +191,29 @@ def export_cog(
     dst = out_dir / f"{raster.name}.tif"
     staging = out_dir / f".{raster.name}.staging.tif"
     tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
+    tags[SOURCE_TAG] = raster.fingerprint
+    prob_dst = out_dir / f"{raster.name}_probabilities.tif" if probabilities else None
+    kept = []
+
+    def publish(array: zarr.Array, tiff: Path, nodata: int | None, resampling: str) -> None:
+        if not force and exported_from(tiff, raster.fingerprint):
+            kept.append(tiff)
+            return
+        _stage_tiff(array, staging, raster, nodata=nodata, tags=tags)
+        _cog(staging, tiff, resampling)
+
     try:
-        _stage_tiff(raster.labels, staging, raster, nodata=NODATA, tags=tags)
-        _cog(staging, dst, "MODE")
+        publish(raster.labels, dst, NODATA, "MODE")
         # GDAL keeps category names and attribute tables of GeoTIFFs in this sidecar.
         with _published(Path(f"{dst}.aux.xml")) as aux:
             aux.write_text(pam_categories(raster.classes, raster.colors))
-        prob_dst = None
-        if probabilities:
-            prob_dst = out_dir / f"{raster.name}_probabilities.tif"
-            _stage_tiff(raster.probabilities, staging, raster, nodata=None, tags=tags)
+        if prob_dst:
             # Probabilities are continuous: averaging is the right overview.
-            _cog(staging, prob_dst, "AVERAGE")
+            publish(raster.probabilities, prob_dst, None, "AVERAGE")
     finally:
         staging.unlink(missing_ok=True)
     png = write_quicklook(dst, out_dir / f"{raster.name}.png", quicklook) if quicklook else None
-    return Exported(dst, prob_dst, png)
+    return Exported(dst, prob_dst, png, tuple(kept))
 
 
 def write_quicklook(cog: str | PathLike[str], dst: str | PathLike[str], size: int) -> Path:

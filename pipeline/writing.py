@@ -21,6 +21,7 @@ leaves an earlier complete output untouched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -380,6 +381,9 @@ class LabelRaster:
     transform: Affine
     classes: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
+    #: SHA-256 of the published group's attributes (model, settings, source file,
+    #: grid, classes): equal fingerprints, equal rasters.
+    fingerprint: str
 
     @property
     def name(self) -> str:
@@ -395,6 +399,9 @@ def open_label_raster(path: str | PathLike[str]) -> LabelRaster:
             "being written, or written by something else)."
         )
     root = zarr.open_group(str(path), mode="r", zarr_format=2)
+    fingerprint = hashlib.sha256(
+        json.dumps(read_attrs(path), sort_keys=True).encode("utf-8")
+    ).hexdigest()
     labels = root["labels"]
     attrs = dict(labels.attrs)
     gt = [float(v) for v in read_attrs(path / "spatial_ref")["GeoTransform"].split()]
@@ -407,4 +414,5 @@ def open_label_raster(path: str | PathLike[str]) -> LabelRaster:
         transform=Affine.from_gdal(*gt),
         classes=tuple(attrs["class_names"]),
         colors=tuple(tuple(c) for c in attrs["class_colors"]),
+        fingerprint=fingerprint,
     )

@@ -197,6 +197,7 @@ def make_labels(tmp_path) -> Callable[..., Path]:
         colors: Sequence[Sequence[int]] = ((0, 0, 255), (0, 128, 0), (255, 255, 0), (200, 0, 0)),
         tile_size: int = 256,
         probabilities: np.ndarray | None = None,
+        source_mtime_ns: int = 0,
     ) -> Path:
         h, w = labels.shape
         info = SceneInfo(
@@ -210,7 +211,7 @@ def make_labels(tmp_path) -> Callable[..., Path]:
             nodata=None,
             mask_flags=(("all_valid",),),
             size_bytes=0,
-            mtime_ns=0,
+            mtime_ns=source_mtime_ns,  # a changed source scene: a new identity
         )
         grid = plan_tiles(h, w, tile_size=tile_size, overlap=32)
         writer = LabelWriter(

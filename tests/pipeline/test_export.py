@@ -1,4 +1,5 @@
-"""COG export: a valid COG, exact labels, categorical overviews, colours and names."""
+"""COG export: a valid COG, exact labels, categorical overviews, colours and names;
+re-runs keep what is current."""
 
 from __future__ import annotations
 
@@ -113,3 +114,43 @@ def test_a_bad_input_fails_alone_and_keeps_earlier_exports(make_labels, tmp_path
     assert capsys.readouterr().out.strip() == str(out / "good.tif")
     assert (out / "good.tif").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["good.tif", "good.tif.aux.xml"]
+
+
+def test_a_rerun_keeps_current_exports_and_redoes_changed_ones(make_labels, tmp_path, capsys):
+    labels = striped_labels(300, 200)
+    probs = np.stack([(labels == k) * 255 for k in range(4)]).astype(np.uint8)
+    zarr_path = make_labels(labels, probabilities=probs)
+    out = tmp_path / "cogs"
+    cog, prob = out / "scene.tif", out / "scene_probabilities.tif"
+
+    def stamp(path):
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns
+
+    assert export_cog(zarr_path, out).kept == ()
+    first = stamp(cog)
+    # The same label raster again, now with probabilities: only those are written.
+    again = export_cog(zarr_path, out, probabilities=True)
+    assert again.kept == (cog,) and stamp(cog) == first and prob.is_file()
+    # The nightly CLI re-run rewrites nothing and still lists every output.
+    before = stamp(prob)
+    assert export_job.main([str(zarr_path), "--out", str(out), "--probabilities"]) == 0
+    assert capsys.readouterr().out.split() == [str(cog), str(prob)]
+    assert stamp(cog) == first and stamp(prob) == before
+
+    # The scene is re-segmented from a changed source: both GeoTIFFs follow.
+    changed = labels.copy()
+    changed[150:250] = 2
+    make_labels(changed, probabilities=probs, source_mtime_ns=1)
+    redone = export_cog(zarr_path, out, probabilities=True)
+    assert redone.kept == () and stamp(cog) != first and stamp(prob) != before
+    with rasterio.open(cog) as src:
+        assert np.array_equal(src.read(1), changed)
+    # --force rewrites a current one; a foreign file in the way is replaced, not trusted.
+    current = stamp(cog)
+    assert export_job.main([str(zarr_path), "--out", str(out), "--force"]) == 0
+    assert stamp(cog) != current
+    cog.write_bytes(b"not a GeoTIFF")
+    assert export_cog(zarr_path, out).kept == ()
+    with rasterio.open(cog) as src:
+        assert np.array_equal(src.read(1), changed)
