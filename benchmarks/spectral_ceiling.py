@@ -48,9 +48,9 @@ def read_half(
     window: Window, mean: np.ndarray | None = None, std: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bands (13, h, w), raw or normalised by ``mean``/``std``, and labels (h, w)."""
-    ones = np.ones(13)
+    raw = mean is None
     with TileReader(
-        IMAGE, range(1, 14), 0 * ones if mean is None else mean, ones if std is None else std
+        IMAGE, range(1, 14), np.zeros(13) if raw else mean, np.ones(13) if raw else std
     ) as r:
         image, _ = r.read(window)
     with rasterio.open(LABEL) as src:
