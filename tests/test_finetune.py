@@ -151,10 +151,10 @@ def test_init_with_other_classes_keeps_the_trunk_and_resets_the_scores(tmp_path,
     assert torch.equal(_initial_model(same).score_fr.weight, parent.score_fr.weight)
 
 
-def test_two_ddp_workers_train_report_checkpoint_export_and_continue(ray_local, labeled, tmp_path):
-    table, scenes = labeled
-    out = tmp_path / "run"
-    args = [
+def small_run(table, out, *extra: str) -> list[str]:
+    """``jobs/finetune.py`` arguments of a tiny two-worker run: width 0.125,
+    64-px windows in pairs; ``extra`` adds the rest."""
+    return [
         "--scenes",
         str(table),
         "--out",
@@ -165,13 +165,18 @@ def test_two_ddp_workers_train_report_checkpoint_export_and_continue(ray_local, 
         "0.125",
         "--num-workers",
         "2",
-        "--steps-per-epoch",
-        "4",
         "--batch-size",
         "2",
         "--window",
         "64",
+        *extra,
     ]
+
+
+def test_two_ddp_workers_train_report_checkpoint_export_and_continue(ray_local, labeled, tmp_path):
+    table, scenes = labeled
+    out = tmp_path / "run"
+    args = small_run(table, out, "--steps-per-epoch", "4")
     assert finetune.main([*args, "--epochs", "2"]) == 0
     history = json.loads((out / "report.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1]
@@ -235,28 +240,9 @@ def test_a_killed_worker_resumes_from_the_last_registered_checkpoint(
     killer = threading.Thread(target=kill_a_worker_once_epoch_1_is_registered)
     killer.start()
     code = finetune.main(
-        [
-            "--scenes",
-            str(table),
-            "--out",
-            str(out),
-            "--classes",
-            ",".join(CLASSES),
-            "--width",
-            "0.125",
-            "--num-workers",
-            "2",
-            "--cpus-per-worker",
-            "0.5",
-            "--steps-per-epoch",
-            "3",
-            "--batch-size",
-            "2",
-            "--window",
-            "64",
-            "--epochs",
-            "10",
-        ]
+        small_run(
+            table, out, "--cpus-per-worker", "0.5", "--steps-per-epoch", "3", "--epochs", "10"
+        )
     )
     killer.join()
     assert code == 0 and killed, "the worker was never killed"
