@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fcn_model import load_checkpoint  # noqa: E402
+from pipeline.metrics import confusion_matrix, scores  # noqa: E402
 from pipeline.planning import Window  # noqa: E402
 from pipeline.reading import TileReader  # noqa: E402
 
@@ -61,8 +62,8 @@ def read_half(
 
 
 def water_iou(water_prob: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
-    pred, truth, ok = water_prob > threshold, labels == 1, labels >= 0
-    return float((pred & truth & ok).sum() / ((pred | truth) & ok).sum())
+    """Water IoU by the job's own scorer (the label's -1 is left out)."""
+    return scores(confusion_matrix(labels, water_prob > threshold, 2)).iou[1]
 
 
 def fit_mlp(image: np.ndarray, labels: np.ndarray, *, epochs: int = 30, seed: int = 0):
