@@ -363,7 +363,10 @@ def read_attrs(path: str | PathLike[str]) -> dict[str, Any] | None:
 
 def is_complete(path: str | PathLike[str]) -> bool:
     """Whether ``path`` is a published label raster of this pipeline."""
-    attrs = read_attrs(path) or {}
+    return _complete(read_attrs(path) or {})
+
+
+def _complete(attrs: Mapping[str, Any]) -> bool:
     return attrs.get("format") == OUTPUT_FORMAT and attrs.get("complete") is True
 
 
@@ -393,15 +396,14 @@ class LabelRaster:
 def open_label_raster(path: str | PathLike[str]) -> LabelRaster:
     """Open a published output (refusing partial or foreign folders, naming them)."""
     path = Path(path)
-    if not is_complete(path):
+    root_attrs = read_attrs(path) or {}
+    if not _complete(root_attrs):
         raise OutputError(
             f"{path}: not a complete label raster of this pipeline (missing, still "
             "being written, or written by something else)."
         )
     root = zarr.open_group(str(path), mode="r", zarr_format=2)
-    fingerprint = hashlib.sha256(
-        json.dumps(read_attrs(path), sort_keys=True).encode("utf-8")
-    ).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps(root_attrs, sort_keys=True).encode("utf-8")).hexdigest()
     labels = root["labels"]
     attrs = dict(labels.attrs)
     gt = [float(v) for v in read_attrs(path / "spatial_ref")["GeoTransform"].split()]
