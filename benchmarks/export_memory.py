@@ -23,12 +23,12 @@ import numpy as np
 from pyproj import CRS
 from rasterio.transform import from_origin
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fcnrs.pipeline.labels import NODATA
+from fcnrs.pipeline.planning import plan_tiles
+from fcnrs.pipeline.reading import SceneInfo
+from fcnrs.pipeline.writing import StagingGroup
 
-from pipeline.planning import plan_tiles  # noqa: E402
-from pipeline.reading import SceneInfo  # noqa: E402
-from pipeline.writing import LabelWriter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, resource, sys, time
@@ -39,10 +39,10 @@ if task == "load whole (baseline)":
     labels = zarr.open_group(zarr_path, mode="r", zarr_format=2)["labels"][:]
     result = int((labels != 255).sum())
 elif task == "export_cog + quicklook":
-    from pipeline.export import export_cog
+    from fcnrs.gis.cog import export_cog
     result = str(export_cog(zarr_path, out, quicklook=1024).labels)
 else:
-    from pipeline.areas import query_areas
+    from fcnrs.gis.areas import query_areas
     result = int(query_areas([zarr_path]).pixels.sum())
 print(json.dumps({"seconds": time.perf_counter() - t, "result": result,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -64,23 +64,24 @@ def write_labels(path: Path, size: int, tile: int = 1024) -> Path:
         mtime_ns=0,
     )
     grid = plan_tiles(size, size, tile_size=tile, overlap=32)
-    writer = LabelWriter(
+    group = StagingGroup(
         path,
         info=info,
         grid=grid,
         classes=["water", "forest", "field", "town"],
         colors=[(0, 0, 255), (0, 128, 0), (255, 255, 0), (200, 0, 0)],
     )
-    writer.create()
-    for i in range(grid.rows):
-        for j in range(grid.cols):
-            c = grid.tile(i, j).core
-            rows = np.arange(c.row, c.row + c.height)[:, None]
-            cols = np.arange(c.col, c.col + c.width)[None, :]
-            labels = ((np.sin(rows / 300) + np.cos(cols / 200)) * 1.9 + 2).astype(np.uint8) % 4
-            labels[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 6) ** 2] = 255
-            writer.write_tile(c, labels.astype(np.uint8))
-    return writer.publish()
+    group.create()
+    chunks = group.chunks()
+    valid = 0
+    for tile in grid:
+        c = tile.core
+        rows = np.arange(c.row, c.row_end)[:, None]
+        cols = np.arange(c.col, c.col_end)[None, :]
+        labels = ((np.sin(rows / 300) + np.cos(cols / 200)) * 1.9 + 2).astype(np.uint8) % 4
+        labels[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 6) ** 2] = NODATA
+        valid += chunks.write(c, labels.astype(np.uint8))
+    return group.publish(valid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from fcn_model import FCN8s
+from fcnrs.fcn_model import FCN8s
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:

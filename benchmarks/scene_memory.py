@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scenes import random_checkpoint, write_large_scene
+from fcnrs.demo.scenes import random_checkpoint, write_large_scene
 
 CHILD = """
 import json, resource, sys, time
-from pipeline.segment import SegmentSettings, segment_scene
+from fcnrs.pipeline.scenes import SegmentSettings
+from fcnrs.pipeline.segment import segment_scene
 scene, model, out, tile, overlap, batch = sys.argv[1:7]
 t = time.perf_counter()
 r = segment_scene(scene, model=model, out_dir=out, settings=SegmentSettings(
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="scene_memory_"))
     work.mkdir(parents=True, exist_ok=True)
-    model = random_checkpoint(work / "model.safetensors", args.width)
+    model = random_checkpoint(work / "model.safetensors", width=args.width)
     print(
         f"FCN-8s width={args.width} tile={args.tile_size} overlap={args.overlap} "
         f"batch={args.batch_size}"

@@ -4,8 +4,8 @@ In one process, on one generated scene and one checkpoint:
 
 - ``model alone``: the planned batches are read into memory first, then only the
   model runs over them (the ceiling);
-- ``one process``: ``pipeline.segment.segment_scene`` (read, predict, write in turn);
-- ``ray``: ``pipeline.distributed.run_scenes`` on a local Ray (streaming stages).
+- ``one process``: ``fcnrs.pipeline.segment.segment_scene`` (read, predict, write in turn);
+- ``ray``: ``fcnrs.pipeline.distributed.run_scenes`` on a local Ray (streaming stages).
 
 Prints valid megapixels per second for each, the ratio to the model alone, and
 the peak memory of the whole process tree (driver and Ray workers).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -25,14 +24,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scenes import random_checkpoint, write_large_scene
-
-from pipeline.distributed import plan_replicas, run_scenes
-from pipeline.inference import Predictor
-from pipeline.planning import plan_batches
-from pipeline.reading import TileReader
-from pipeline.segment import SegmentSettings, plan_scene, read_batch, segment_scene
+from fcnrs.demo.scenes import random_checkpoint, write_large_scene
+from fcnrs.pipeline.distributed import plan_replicas, run_scenes
+from fcnrs.pipeline.inference import Predictor
+from fcnrs.pipeline.planning import plan_batches
+from fcnrs.pipeline.reading import TileReader, read_batch
+from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
+from fcnrs.pipeline.segment import segment_scene
 
 
 class TreeRSS:
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="segment_throughput_"))
     scene = write_large_scene(work / "scene.tif", args.size)
-    model = random_checkpoint(work / "model.safetensors", args.width)
+    model = random_checkpoint(work / "model.safetensors", width=args.width)
     settings = SegmentSettings(
         tile_size=args.tile_size, overlap=args.overlap, batch_size=args.batch_size
     )

@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fcnrs.fcn_model import load_checkpoint
+from fcnrs.pipeline.planning import Window
+from fcnrs.pipeline.reading import TileReader
+from fcnrs.training.metrics import confusion_matrix, scores
 
-from fcn_model import load_checkpoint  # noqa: E402
-from pipeline.metrics import confusion_matrix, scores  # noqa: E402
-from pipeline.planning import Window  # noqa: E402
-from pipeline.reading import TileReader  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REAL = ROOT.parent / "shared" / "realdata"
 IMAGE = REAL / "sen1floods11_spain_7370579_s2.tif"

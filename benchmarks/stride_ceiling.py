@@ -22,8 +22,7 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.metrics import confusion_matrix, scores
+from fcnrs.training.metrics import confusion_matrix, scores
 
 LABEL = (
     Path(__file__).resolve().parents[1].parent

@@ -16,43 +16,26 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
 import zarr
-from rasterio.transform import from_origin
 
-from fcn_model import FCN8s, save_checkpoint
-from pipeline.planning import plan_tiles
-from pipeline.reading import inspect_scene
-from pipeline.reference import whole_scene_labels
-from pipeline.segment import SegmentSettings, segment_scene
+from fcnrs.demo.scenes import write_large_scene
+from fcnrs.fcn_model import STRIDE, FCN8s, save_checkpoint
+from fcnrs.pipeline.labels import NODATA
+from fcnrs.pipeline.planning import plan_tiles
+from fcnrs.pipeline.reading import inspect_scene, open_raster
+from fcnrs.pipeline.scenes import SegmentSettings
+from fcnrs.pipeline.segment import segment_scene
 
 
-def synthetic_scene(path: Path, height: int, width: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
-    bands = []
-    for _ in range(3):
-        f = sum(
-            np.sin(xx / rng.uniform(20, 90) + rng.uniform(0, 6))
-            * np.cos(yy / rng.uniform(20, 90) + rng.uniform(0, 6))
-            for _k in range(3)
-        )
-        bands.append(5000 + 1500 * f + rng.normal(0, 100, f.shape))
-    data = np.clip(np.stack(bands), 1, 65535).astype(np.uint16)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        height=height,
-        width=width,
-        count=3,
-        dtype="uint16",
-        crs="EPSG:32633",
-        transform=from_origin(500000, 4200000, 10, 10),
-    ) as dst:
-        dst.write(data)
-    return path
+def whole_scene_labels(scene: Path, model: Path, out: Path) -> np.ndarray:
+    """One pass over the whole scene: a single tile whose core is the scene."""
+    info = inspect_scene(scene)
+    edge = STRIDE * -(-max(info.height, info.width) // STRIDE)
+    segment_scene(
+        scene, model=model, out_dir=out, settings=SegmentSettings(tile_size=edge, overlap=0)
+    )
+    return zarr.open_group(str(out / f"{scene.stem}.zarr"), mode="r")["labels"][:]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,10 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tiling_agreement_"))
-    scene = Path(args.scene) if args.scene else synthetic_scene(work / "scene.tif", 1000, 777)
+    scene = Path(args.scene) if args.scene else write_large_scene(work / "scene.tif", 1000, 777)
     bands = [int(b) for b in args.bands.split(",")]
     info = inspect_scene(scene)
-    with rasterio.open(scene) as src:  # normalisation from a decimated overview read
+    with open_raster(scene) as src:  # normalisation from a decimated overview read
         sample = src.read(bands, out_shape=(len(bands), 256, 256), masked=True)
     mean = [float(sample[i].mean()) for i in range(len(bands))]
     std = [float(sample[i].std()) or 1.0 for i in range(len(bands))]
@@ -91,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
             mean=mean,
             std=std,
         )
-        whole = whole_scene_labels(scene, model)
-        valid = whole != 255
+        whole = whole_scene_labels(scene, model, work / f"whole{seed}")
+        valid = whole != NODATA
         shares = np.bincount(whole[valid], minlength=4) / valid.sum()
         print(
             f"  seed {seed}: whole-scene class shares {np.round(shares, 3).tolist()}",

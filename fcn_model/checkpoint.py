@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
-from .network import _FCN, VARIANTS, build_model
+from .network import FCN, VARIANTS, build_model
 
 FORMAT_NAME = "fcn-remote-sensing-checkpoint"
 FORMAT_VERSION = 1
@@ -102,7 +102,7 @@ class ModelMeta:
             format_version=int(raw.get("format_version", FORMAT_VERSION)),
         )
 
-    def build(self) -> _FCN:
+    def build(self) -> FCN:
         """A freshly initialised model with this architecture."""
         return build_model(
             self.variant,  # type: ignore[arg-type]
@@ -114,7 +114,7 @@ class ModelMeta:
         )
 
 
-def _validate(meta: ModelMeta, model: _FCN) -> None:
+def _validate(meta: ModelMeta, model: FCN) -> None:
     problems = []
     if len(meta.classes) != model.num_classes:
         problems.append(f"{len(meta.classes)} class names for a {model.num_classes}-class model")
@@ -141,7 +141,7 @@ def _validate(meta: ModelMeta, model: _FCN) -> None:
 
 def save_checkpoint(
     path: str | PathLike[str],
-    model: _FCN,
+    model: FCN,
     *,
     classes: Sequence[str],
     bands: Sequence[int],
@@ -244,7 +244,7 @@ def read_meta(path: str | PathLike[str]) -> ModelMeta:
 
 def load_checkpoint(
     path: str | PathLike[str], *, device: str | torch.device = "cpu"
-) -> tuple[_FCN, ModelMeta]:
+) -> tuple[FCN, ModelMeta]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Returns

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: The variants by name: ``fcnNs`` has output stride N before its last upsampling.
 Variant = Literal["fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s"]
 
 #: The network's output stride: tile origins must sit on multiples of it.
@@ -100,8 +101,28 @@ class Upsample(nn.ConvTranspose2d):
         self.weight.requires_grad_(learnable)
 
 
-class _FCN(nn.Module):
-    """Shared VGG16 trunk, fully convolutional head and skip wiring."""
+class FCN(nn.Module):
+    """The FCN family's base class: VGG16 trunk, fully convolutional head
+    (``fc6`` as a 7x7 convolution, ``fc7`` as 1x1, ``score_fr``) and the skip
+    wiring that the subclasses name (``skips``).
+
+    Parameters
+    ----------
+    num_classes
+        Output classes (score channels).
+    in_channels
+        Input bands.
+    width
+        Channel multiplier; 1.0 is the paper's VGG16 (and the only width ImageNet
+        weights fit), smaller values make fast CPU models.
+    learnable_upsampling
+        Train the transposed convolutions (they start as exact bilinear kernels
+        and are frozen otherwise).
+    skip_scaling
+        The reference's at-once scaling of the pool skips (pool4 x 0.01, pool3 x 1e-4).
+    dropout
+        Dropout after ``fc6`` and ``fc7``.
+    """
 
     variant: Variant
     skips: tuple[str, ...]
@@ -224,28 +245,28 @@ class _FCN(nn.Module):
         return scores[..., :height, :width]
 
 
-class FCN32s(_FCN):
+class FCN32s(FCN):
     """FCN-32s: score_fr upsampled x32 in one step."""
 
     variant: Variant = "fcn32s"
     skips = ()
 
 
-class FCN16s(_FCN):
+class FCN16s(FCN):
     """FCN-16s: score_fr x2, fused with score_pool4, upsampled x16."""
 
     variant: Variant = "fcn16s"
     skips = ("pool4",)
 
 
-class FCN8s(_FCN):
+class FCN8s(FCN):
     """FCN-8s: FCN-16s's fusion, x2 again, fused with score_pool3, upsampled x8."""
 
     variant: Variant = "fcn8s"
     skips = ("pool4", "pool3")
 
 
-class FCN4s(_FCN):
+class FCN4s(FCN):
     """FCN-4s: FCN-8s's fusion, x2 again, fused with score_pool2, upsampled x4.
 
     Not in the paper's table (it reports diminishing returns from pool2 on
@@ -257,16 +278,14 @@ class FCN4s(_FCN):
     skips = ("pool4", "pool3", "pool2")
 
 
-class FCN2s(_FCN):
+class FCN2s(FCN):
     """FCN-2s: the skip chain down to pool1, so the last bilinear step is x2."""
 
     variant: Variant = "fcn2s"
     skips = ("pool4", "pool3", "pool2", "pool1")
 
 
-VARIANTS: dict[str, type[_FCN]] = {
-    cls.variant: cls for cls in (FCN32s, FCN16s, FCN8s, FCN4s, FCN2s)
-}
+VARIANTS: dict[str, type[FCN]] = {cls.variant: cls for cls in (FCN32s, FCN16s, FCN8s, FCN4s, FCN2s)}
 
 
 def build_model(
@@ -276,8 +295,8 @@ def build_model(
     in_channels: int = 3,
     width: float = 1.0,
     **kwargs: object,
-) -> _FCN:
-    """Build an FCN by variant name (``"fcn8s"``, ``"fcn16s"`` or ``"fcn32s"``)."""
+) -> FCN:
+    """Build an FCN by variant name (one of :data:`Variant`: ``"fcn8s"``, ...)."""
     try:
         cls = VARIANTS[variant]
     except KeyError:

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import WeightsError
-from .network import _FCN, _VGG16_BLOCKS
+from .network import _VGG16_BLOCKS, FCN
 
 # torchvision's ``vgg16().features`` indexes: the 13 convolutions, in order.
 _TORCHVISION_CONV_INDEXES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -65,7 +65,7 @@ def adapt_first_layer(rgb: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight * (3.0 / in_channels)
 
 
-def load_vgg16_weights(model: _FCN, path: str | PathLike[str]) -> _FCN:
+def load_vgg16_weights(model: FCN, path: str | PathLike[str]) -> FCN:
     """Load ImageNet VGG16 weights into ``model`` in place, convolutionalising fc6/fc7.
 
     fc6's ``4096 x 25088`` matrix becomes the ``4096 x 512 x 7 x 7`` convolution

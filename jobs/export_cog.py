@@ -2,6 +2,7 @@
 
     python jobs/export_cog.py OUT/scene_a.zarr [OUT/scene_b.zarr ...] --out cogs \\
         [--probabilities] [--quicklook 1024]
+    fcnrs export OUT/*.zarr --out cogs
 
 Writes ``cogs/<name>.tif`` per scene (nodata 255, 512-px tiles, overviews by mode,
 the class colours as a colour table) with ``cogs/<name>.tif.aux.xml`` holding
@@ -21,13 +22,13 @@ import argparse
 import logging
 import sys
 
-from pipeline.export import export_cog
+from fcnrs.gis.cog import export_cog
+from fcnrs.jobs.options import job_main
 
-log = logging.getLogger("export_cog")
+log = logging.getLogger("fcnrs.export")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("zarr", nargs="+", help="label rasters written by jobs/segment_scenes.py")
     p.add_argument("--out", required=True, help="folder for the GeoTIFFs")
     p.add_argument("--probabilities", action="store_true", help="also export probabilities")
@@ -35,14 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="rewrite GeoTIFFs even when they are current"
     )
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.zarr:
         try:
@@ -64,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(written)
     return 1 if failed else 0
 
+
+main = job_main(sys.modules[__name__])
 
 if __name__ == "__main__":
     sys.exit(main())

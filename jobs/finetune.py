@@ -4,38 +4,33 @@
         [--variant fcn8s] [--width 0.25] [--num-workers 2] [--use-gpu] \\
         [--init-vgg16 vgg16.pth | --init model.safetensors] [--epochs 10] \\
         [--steps-per-epoch 100] [--time-limit 10] [--ignore-value -1]
+    fcnrs finetune --scenes ... --out ... --classes ...
 
 ``--scenes`` is a CSV with columns image,label,split. The best model by mean IoU
 on the val scenes is written to ``OUT/best`` (a checkpoint ``jobs/segment_scenes.py
 --model OUT/best`` takes as it is), with ``OUT/best_report.json`` and every
 epoch's metrics in ``OUT/report.json``. Re-running with the same ``--out``
-continues from the last checkpoint.
+continues from the last checkpoint. Plain ``python`` starts a local Ray; under
+``ray job submit`` (RAY_ADDRESS set) it joins the cluster.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-from dataclasses import replace
-from pathlib import Path
 
-from fcn_model import VARIANTS
-from pipeline.labeled import parse_classes, read_scene_table
-from pipeline.training import TrainSettings, band_statistics, job_deadline, train_loop_per_worker
-
-log = logging.getLogger("finetune")
+from fcnrs.fcn_model import VARIANTS
+from fcnrs.jobs.options import add_bands, job_main, ray_starter
+from fcnrs.training.trainer import finetune
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", required=True, help="CSV with columns image,label,split")
     p.add_argument(
         "--out", required=True, help="output folder (best checkpoint, reports, Ray state)"
     )
     p.add_argument("--classes", required=True, help="names (land,water) or a JSON/YAML file")
-    p.add_argument("--bands", default=None, help="1-based bands, e.g. 4,3,2 (default: all)")
+    add_bands(p, "1-based bands, e.g. 4,3,2 (default: all)")
     p.add_argument(
         "--variant",
         choices=sorted(VARIANTS),
@@ -70,95 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-failures", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def run(args: argparse.Namespace) -> int:
+    ray_starter(args.verbose)()  # a local Ray unless one is running or RAY_ADDRESS is set
+    return finetune(args)
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    scenes = tuple(read_scene_table(args.scenes))
-    classes = parse_classes(args.classes)
-    if args.bands:
-        bands = tuple(int(b) for b in args.bands.split(","))
-    else:
-        import rasterio
 
-        with rasterio.open(scenes[0].image) as src:
-            bands = tuple(range(1, src.count + 1))
-    settings = TrainSettings(
-        scenes=scenes,
-        classes=classes.names,
-        colors=classes.colors,
-        bands=bands,
-        out=str(out),
-        variant=args.variant,
-        width=args.width,
-        window=args.window,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        time_limit_minutes=args.time_limit,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        ignore_value=args.ignore_value,
-        rare_class_oversampling=args.oversample_rare,
-        brightness=args.brightness,
-        init_vgg16=args.init_vgg16,
-        init=args.init,
-        seed=args.seed,
-    )
-    mean, std = band_statistics(scenes, bands, seed=args.seed)
-    settings = replace(settings, mean=mean, std=std)
-    log.info("band mean %s, std %s", [round(v, 1) for v in mean], [round(v, 1) for v in std])
-    if not ray.is_initialized():
-        ray.init()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"settings": settings, "deadline": job_deadline(args.time_limit)},
-        scaling_config=ScalingConfig(
-            num_workers=args.num_workers,
-            use_gpu=args.use_gpu,
-            resources_per_worker={
-                "CPU": args.cpus_per_worker,
-                **({"GPU": 1} if args.use_gpu else {}),
-            },
-        ),
-        run_config=RunConfig(
-            name="finetune",
-            storage_path=str(out / "ray_results"),
-            failure_config=FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    history = []
-    if result.checkpoint:
-        import torch
-
-        with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-        history = json.loads(state["history"])
-    (out / "report.json").write_text(json.dumps(history, indent=2))
-    best = (
-        json.loads((out / "best_report.json").read_text())
-        if (out / "best_report.json").exists()
-        else {}
-    )
-    print(
-        f"epochs run: {len(history)}; best mean IoU {best.get('mean_iou', float('nan')):.4f} "
-        f"at epoch {best.get('epoch')}; per class {best.get('iou')}"
-    )
-    print(f"best checkpoint: {out / 'best'}")
-    return 0 if (out / "best").exists() else 1
-
+main = job_main(sys.modules[__name__])
 
 if __name__ == "__main__":
     sys.exit(main())

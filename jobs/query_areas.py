@@ -2,6 +2,7 @@
 
     python jobs/query_areas.py OUT [--bbox minx,miny,maxx,maxy] [--bbox-crs EPSG:4326] \\
         [--classes water,built-up] [--format table|csv|parquet] [--output FILE]
+    fcnrs areas OUT ...
 
 Reports, per scene and class, the pixel count and the area in m^2 and km^2
 (exact on the ellipsoid for geographic CRSs), inside the bounding box when one
@@ -20,11 +21,12 @@ import sys
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from pipeline.areas import find_outputs, query_areas
+from fcnrs.gis.areas import query_areas
+from fcnrs.gis.rasters import find_outputs
+from fcnrs.jobs.options import job_main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="output folder of jobs/segment_scenes.py")
     p.add_argument("--bbox", default=None, help="minx,miny,maxx,maxy")
     p.add_argument("--bbox-crs", default=None, help="CRS of --bbox (default: each scene's)")
@@ -32,12 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "parquet"], default="table")
     p.add_argument("--output", default=None, help="file to write (default: standard output)")
     p.add_argument("--workers", type=int, default=None, help="dask threads (default: CPUs)")
-    return p
+    p.set_defaults(parser=p)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    p = args.parser
     if args.format == "parquet" and not args.output:
         p.error("--format parquet needs --output FILE")
     bbox = None
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
     return 0
 
+
+main = job_main(sys.modules[__name__])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,6 +2,7 @@
 
     python jobs/segment_scenes.py --model MODEL.safetensors --scenes 'scenes/*.tif' --out OUT
     ray job submit --working-dir . -- python jobs/segment_scenes.py --model ... --scenes ... --out ...
+    fcnrs segment --model ... --scenes ... --out ...
 
 Plain ``python`` starts a local Ray; under ``ray job submit`` (RAY_ADDRESS set)
 it joins the cluster. Each scene becomes ``OUT/<scene stem>.zarr`` and a row in
@@ -16,32 +17,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections import Counter
 
-from fcn_model import FCNModelError, read_meta
-from pipeline.distributed import RunReport, run_scenes
-from pipeline.errors import OutputError
-from pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
-from pipeline.scenes import expand_scenes
-from pipeline.segment import SegmentSettings
+from fcnrs.fcn_model import FCNModelError, read_meta
+from fcnrs.jobs.options import add_bands, job_main, ray_starter
+from fcnrs.pipeline.distributed import print_summary, run_scenes
+from fcnrs.pipeline.errors import OutputError
+from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
 
-log = logging.getLogger("segment_scenes")
-
-
-def parse_bands(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--bands takes 1-based band indexes like 4,3,2. Got {text!r}."
-        ) from None
-    return bands
+log = logging.getLogger("fcnrs.segment")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint written by save_checkpoint")
     p.add_argument(
         "--scenes",
@@ -64,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=4, help="tiles per model call")
-    p.add_argument("--bands", type=parse_bands, default=None, help="e.g. 4,3,2 (1-based)")
+    add_bands(p, "e.g. 4,3,2 (1-based; default: the checkpoint's)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument(
@@ -75,33 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads-per-replica", type=int, default=None, help="CPU replicas only")
     p.add_argument("--run-id", default=None, help="manifest run id (default: time + random)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
-def print_summary(report: RunReport, out: str) -> None:
-    """The table an operator reads at the end of a run (the manifest has it all)."""
-    print(f"\nrun {report.run_id}: outputs and manifest in {out}")
-    print(f"{'status':<8} {'tiles':>6} {'predicted':>9} {'valid MP':>9} {'seconds':>8}  scene")
-    for r in report.rows:
-        print(
-            f"{r.status:<8} {r.tiles:>6} {r.tiles_predicted:>9} {r.valid_pixels / 1e6:>9.2f} "
-            f"{r.seconds:>8.1f}  {r.scene}"
-        )
-    for replica, batches in sorted(report.replica_batches.items()):
-        print(f"replica {replica}: {batches} batches")
-    counts = Counter(r.status for r in report.rows)
-    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
-    for r in report.failed:
-        print(f"  failed: {r.error}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def run(args: argparse.Namespace) -> int:
     settings = SegmentSettings(
         tile_size=args.tile_size,
         overlap=args.overlap,
@@ -120,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             replicas=args.num_replicas,
             threads=args.threads_per_replica,
             run_id=args.run_id,
+            start_ray=ray_starter(args.verbose),
         )
     except (FCNModelError, OutputError) as exc:
         log.error("%s", exc)
@@ -127,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(report, args.out)
     return report.exit_code()
 
+
+main = job_main(sys.modules[__name__])
 
 if __name__ == "__main__":
     sys.exit(main())

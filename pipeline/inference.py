@@ -13,9 +13,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fcn_model import load_checkpoint
+from fcnrs.fcn_model import load_checkpoint
 
-NODATA_LABEL = 255
+from .labels import MAX_CLASSES, NODATA
+
 Precision = Literal["fp32", "bf16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -35,7 +36,7 @@ class Predictor:
       window, the same for every tile of the batch (tiles are grouped so).
 
     The answer holds ``labels`` uint8 ``(N, h, w)`` cropped to the core, with
-    :data:`NODATA_LABEL` where the input is invalid, and with ``probabilities``
+    :data:`~fcnrs.pipeline.labels.NODATA` where the input is invalid, and with ``probabilities``
     set, ``probabilities`` uint8 ``(N, classes, h, w)`` (softmax x 255, 0 where invalid).
     """
 
@@ -52,8 +53,10 @@ class Predictor:
         model, self.meta = load_checkpoint(model_path)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.probabilities = probabilities
-        if self.num_classes > NODATA_LABEL:
-            raise ValueError(f"At most 255 classes fit uint8 labels; got {self.num_classes}.")
+        if self.num_classes > MAX_CLASSES:
+            raise ValueError(
+                f"At most {MAX_CLASSES} classes fit uint8 labels; got {self.num_classes}."
+            )
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +78,7 @@ class Predictor:
             if self.probabilities:
                 p = torch.softmax(scores, dim=1).mul_(255).round_().to(torch.uint8)
                 probs = p.cpu().numpy()
-        labels[~valid] = NODATA_LABEL
+        labels[~valid] = NODATA
         out = {"labels": labels}
         if probs is not None:
             probs *= valid[:, None]

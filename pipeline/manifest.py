@@ -20,12 +20,15 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .scenes import ScenePlan
 
 MANIFEST_DIR = "manifest"
 Status = Literal["done", "skipped", "failed"]
@@ -36,7 +39,7 @@ class ManifestRow:
     run_id: str
     scene: str
     output: str
-    status: str
+    status: Status
     error: str | None
     tiles: int
     tiles_predicted: int
@@ -70,6 +73,92 @@ SCHEMA = pa.schema(
     ]
 )
 assert [f.name for f in fields(ManifestRow)] == SCHEMA.names
+
+
+def now() -> str:
+    """A manifest timestamp: UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What every row of one run shares."""
+
+    run_id: str
+    model_digest: str
+    settings_digest: str
+
+
+def failed_row(
+    run: RunIdentity,
+    scene: str,
+    error: str,
+    *,
+    plan: ScenePlan | None,
+    started_at: str,
+    seconds: float,
+    tiles_predicted: int = 0,
+) -> ManifestRow:
+    """A scene that failed (``plan`` is None when it failed before it was planned)."""
+    return _row(run, scene, "failed", error, plan, started_at, seconds, tiles_predicted, 0)
+
+
+def skipped_row(
+    run: RunIdentity,
+    scene: str,
+    *,
+    plan: ScenePlan,
+    valid_pixels: int,
+    started_at: str,
+    seconds: float,
+) -> ManifestRow:
+    """A scene whose output is already complete with the same model and settings."""
+    reason = "already done with the same model, settings and source"
+    return _row(run, scene, "skipped", reason, plan, started_at, seconds, 0, valid_pixels)
+
+
+def done_row(
+    run: RunIdentity,
+    scene: str,
+    *,
+    plan: ScenePlan,
+    tiles_predicted: int,
+    valid_pixels: int,
+    started_at: str,
+    seconds: float,
+) -> ManifestRow:
+    """A scene segmented and published in this run."""
+    return _row(run, scene, "done", None, plan, started_at, seconds, tiles_predicted, valid_pixels)
+
+
+def _row(
+    run: RunIdentity,
+    scene: str,
+    status: Status,
+    error: str | None,
+    plan: ScenePlan | None,
+    started_at: str,
+    seconds: float,
+    tiles_predicted: int,
+    valid_pixels: int,
+) -> ManifestRow:
+    return ManifestRow(
+        run_id=run.run_id,
+        scene=str(scene),
+        output=str(plan.output) if plan else "",
+        status=status,
+        error=error,
+        tiles=len(plan.grid) if plan else 0,
+        tiles_predicted=tiles_predicted,
+        valid_pixels=valid_pixels,
+        seconds=seconds,
+        model_digest=run.model_digest,
+        settings_digest=run.settings_digest,
+        source_size=plan.info.size_bytes if plan else -1,
+        source_mtime_ns=plan.info.mtime_ns if plan else -1,
+        started_at=started_at,
+        finished_at=now(),
+    )
 
 
 def manifest_dir(out_dir: str | PathLike[str]) -> Path:

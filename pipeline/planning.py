@@ -22,6 +22,10 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from rasterio.windows import Window as RasterioWindow
+
+from fcnrs.fcn_model.network import STRIDE
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE_SIZE = 1024
@@ -60,6 +64,13 @@ class Window:
         """Slices of this window inside an array covering ``outer``."""
         r, c = self.row - outer.row, self.col - outer.col
         return slice(r, r + self.height), slice(c, c + self.width)
+
+    def to_rasterio(self) -> RasterioWindow:
+        """rasterio's window for the same pixels (its order: col, row, width, height)."""
+        return RasterioWindow(self.col, self.row, self.width, self.height)
+
+    def __str__(self) -> str:
+        return f"rows {self.row}-{self.row_end}, cols {self.col}-{self.col_end}"
 
 
 @dataclass(frozen=True)
@@ -165,7 +176,7 @@ def plan_tiles(
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
     overlap: int = DEFAULT_OVERLAP,
-    stride: int = 32,
+    stride: int = STRIDE,
 ) -> TileGrid:
     """Cut a ``height x width`` scene into stride-aligned cores with halos.
 
@@ -181,7 +192,7 @@ def plan_tiles(
         edges). Rounded up to a multiple of ``stride``. The model sees windows of
         up to ``tile_size + 2 * overlap`` pixels.
     stride
-        The network's output stride (32 for FCN-8s).
+        The network's coarsest stride (:data:`fcnrs.fcn_model.STRIDE`, 32).
     """
     if height < 1 or width < 1:
         raise ValueError(f"Expected a scene of at least 1x1 pixels. Got {height}x{width}.")

@@ -19,15 +19,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
-from rasterio.windows import Window as RioWindow
 
 from .errors import SceneError
-from .planning import Window
+from .planning import Tile, Window
 
 # GDAL's block cache defaults to 5% of RAM (1.2 GiB on a 24 GiB machine) and fills
 # up on large scenes; a tile needs a few MiB of it. The operator's setting wins.
@@ -56,7 +54,9 @@ class SceneInfo:
 
 
 def open_raster(path: str | PathLike[str]) -> rasterio.io.DatasetReader:
-    """Open a scene with the allowed drivers only, or raise :class:`SceneError`."""
+    """Open a raster for reading with the allowed driver only, or raise
+    :class:`SceneError` naming it. Every raster the project reads (scenes, label
+    rasters for training, GeoTIFFs it exported) goes through here."""
     path = str(path)
     if "://" not in path and not os.path.exists(path):
         raise SceneError(path, "no such file")
@@ -113,6 +113,47 @@ def resolve_bands(
     return bands
 
 
+def read_bands(
+    src: rasterio.io.DatasetReader, bands: Sequence[int], window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw float32 ``(bands, h, w)`` values of a window and their per-band validity.
+
+    This is the one pixel-validity rule, used alike by inference, training and band
+    statistics: a band value is valid where GDAL's mask for that band says so (nodata
+    value, internal or sidecar mask, alpha) and it is finite. A *pixel* is valid
+    where any of its bands is (:func:`pixel_valid`), as with GDAL's dataset mask.
+    """
+    window = window.to_rasterio()
+    try:
+        data = src.read(list(bands), window=window, out_dtype="float32")
+        band_valid = src.read_masks(list(bands), window=window) > 0
+    except RasterioError as exc:
+        raise SceneError(
+            src.name,
+            f"cannot read rows {window.row_off}-{window.row_off + window.height}, cols "
+            f"{window.col_off}-{window.col_off + window.width} ({exc}); the file may be "
+            "truncated or corrupt",
+        ) from exc
+    band_valid &= np.isfinite(data)
+    return data, band_valid
+
+
+def pixel_valid(band_valid: np.ndarray) -> np.ndarray:
+    """Pixels with at least one valid band: ``(h, w)`` from ``(bands, h, w)``."""
+    return band_valid.any(axis=0)
+
+
+def normalize(
+    data: np.ndarray, band_valid: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    """``(data - mean) / std`` in place, with invalid band values at 0 (the band's
+    mean), so raw nodata values never reach the model."""
+    data -= np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    data *= (1.0 / np.asarray(std, np.float32)).reshape(-1, 1, 1)
+    data[~band_valid] = 0.0
+    return data
+
+
 class TileReader:
     """Reads normalised windows of selected bands and their validity.
 
@@ -135,8 +176,8 @@ class TileReader:
     ) -> None:
         self.path = str(path)
         self.bands = list(bands)
-        self._mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-        self._inv_std = (1.0 / np.asarray(std, dtype=np.float32)).reshape(-1, 1, 1)
+        self._mean = np.asarray(mean, dtype=np.float32)
+        self._std = np.asarray(std, dtype=np.float32)
         self._local = threading.local()
         self._handles: list[rasterio.io.DatasetReader] = []
         self._lock = threading.Lock()
@@ -152,24 +193,9 @@ class TileReader:
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(image, valid)``: float32 ``(bands, h, w)`` normalised, with invalid
-        pixels at 0, and bool ``(h, w)``."""
-        src = self._handle()
-        rio_window = RioWindow(window.col, window.row, window.width, window.height)
-        try:
-            data = src.read(self.bands, window=rio_window, out_dtype="float32")
-            band_valid = src.read_masks(self.bands, window=rio_window) > 0
-        except RasterioError as exc:
-            raise SceneError(
-                self.path,
-                f"cannot read rows {window.row}-{window.row_end}, cols "
-                f"{window.col}-{window.col_end} ({exc}); the file may be truncated or corrupt",
-            ) from exc
-        band_valid &= np.isfinite(data)
-        valid = band_valid.any(axis=0)
-        data -= self._mean
-        data *= self._inv_std
-        data[~band_valid] = 0.0
-        return data, valid
+        band values at 0, and bool ``(h, w)`` (:func:`read_bands`' rule)."""
+        data, band_valid = read_bands(self._handle(), self.bands, window)
+        return normalize(data, band_valid, self._mean, self._std), pixel_valid(band_valid)
 
     def close(self) -> None:
         with self._lock:
@@ -185,6 +211,32 @@ class TileReader:
         self.close()
 
 
-def scene_stem(path: str | PathLike[str]) -> str:
-    """The output name of a scene: its file name without the extension."""
-    return Path(str(path).rstrip("/")).name.rsplit(".", 1)[0] or "scene"
+def core_box(tile: Tile) -> np.ndarray:
+    """Row, col, height, width of a tile's core inside its read window."""
+    core, read = tile.core, tile.read
+    return np.array([core.row - read.row, core.col - read.col, core.height, core.width])
+
+
+def read_batch(
+    reader: TileReader, batch: Sequence[Tile]
+) -> tuple[list[Tile], list[Tile], dict[str, np.ndarray] | None]:
+    """Read a planned batch. Returns ``(nodata_tiles, tiles, arrays)``: tiles whose
+    core has no valid pixel never reach the model; the others are stacked into the
+    arrays :class:`~fcnrs.pipeline.inference.Predictor` takes (None when none is left)."""
+    nodata, keep, images, valids = [], [], [], []
+    for tile in batch:
+        image, valid = reader.read(tile.read)
+        if not valid[tile.core.relative_to(tile.read)].any():
+            nodata.append(tile)
+            continue
+        keep.append(tile)
+        images.append(image)
+        valids.append(valid)
+    if not keep:
+        return nodata, keep, None
+    arrays = {
+        "image": np.stack(images),
+        "valid": np.stack(valids),
+        "core": np.stack([core_box(t) for t in keep]),
+    }
+    return nodata, keep, arrays

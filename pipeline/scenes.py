@@ -1,10 +1,24 @@
-"""Turning the operator's ``--scenes`` arguments into a list of scene paths."""
+"""Which scenes a run segments, and each scene's plan: everything before pixels.
+
+Both the one-process path (:mod:`fcnrs.pipeline.segment`) and the Ray path
+(:mod:`fcnrs.pipeline.distributed`) start here, and neither imports the other.
+"""
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from os import PathLike
 from pathlib import Path
+
+from fcnrs.fcn_model import ModelMeta
+
+from .inference import Precision
+from .planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, plan_tiles
+from .reading import SceneInfo, inspect_scene, resolve_bands
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -31,3 +45,60 @@ def expand_scenes(args: Iterable[str]) -> list[str]:
         else:
             out.append(arg)
     return list(dict.fromkeys(out))
+
+
+def scene_stem(path: str | PathLike[str]) -> str:
+    """The output name of a scene: its file name without the extension."""
+    return Path(str(path).rstrip("/")).name.rsplit(".", 1)[0] or "scene"
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Everything besides the model that decides a scene's output."""
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = 4
+    bands: tuple[int, ...] | None = None  # None: the checkpoint's bands
+    probabilities: bool = False
+    precision: Precision = "fp32"
+
+    def output_settings(self) -> dict[str, object]:
+        """The settings that decide the output's bytes (the batch size does not)."""
+        keyed = asdict(self)
+        keyed.pop("batch_size")
+        return keyed
+
+    def digest(self) -> str:
+        text = json.dumps(self.output_settings(), sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """A scene checked against the model, and its tiles."""
+
+    info: SceneInfo
+    bands: tuple[int, ...]
+    grid: TileGrid
+    output: Path
+
+
+def plan_scene(
+    scene: str | PathLike[str],
+    *,
+    meta: ModelMeta,
+    out_dir: str | PathLike[str],
+    settings: SegmentSettings,
+) -> ScenePlan:
+    """Open a scene's header, check it fits the model, and cut it into tiles.
+
+    Raises :class:`~fcnrs.pipeline.errors.SceneError` (naming the file) before any
+    output is created when the scene is unreadable or its bands do not fit the model.
+    """
+    info = inspect_scene(scene)
+    bands = resolve_bands(info, settings.bands or meta.bands, expected=meta.in_channels)
+    grid = plan_tiles(
+        info.height, info.width, tile_size=settings.tile_size, overlap=settings.overlap
+    )
+    return ScenePlan(info, bands, grid, Path(out_dir) / f"{scene_stem(scene)}.zarr")

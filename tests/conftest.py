@@ -11,7 +11,8 @@ import rasterio
 import torch
 from rasterio.transform import Affine, from_origin
 
-from fcn_model import FCN8s, save_checkpoint
+from fcnrs.demo.scenes import smooth_field
+from fcnrs.fcn_model import FCN8s, save_checkpoint
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
@@ -38,20 +39,6 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"real scenes not found at {REALDATA} (they live in ../shared/realdata)")
     return REALDATA
-
-
-def smooth_field(rng: np.random.Generator, height: int, width: int, scale: int) -> np.ndarray:
-    """A smooth random field in [0, 1]: blobs of about ``scale`` pixels."""
-    coarse = rng.random((height // scale + 2, width // scale + 2))
-    rows = np.linspace(0, coarse.shape[0] - 1.001, height)
-    cols = np.linspace(0, coarse.shape[1] - 1.001, width)
-    r0, c0 = rows.astype(int), cols.astype(int)
-    fr, fc = (rows - r0)[:, None], (cols - c0)[None, :]
-    a = coarse[r0][:, c0]
-    b = coarse[r0][:, c0 + 1]
-    c = coarse[r0 + 1][:, c0]
-    d = coarse[r0 + 1][:, c0 + 1]
-    return a * (1 - fr) * (1 - fc) + b * (1 - fr) * fc + c * fr * (1 - fc) + d * fr * fc
 
 
 @pytest.fixture
@@ -84,7 +71,7 @@ def make_scene(tmp_path) -> Callable[..., Path]:
         if data is None:
             fields = [smooth_field(rng, height, width, 40) for _ in range(bands)]
             noise = rng.normal(0, 0.03, (bands, height, width))
-            data = np.clip(np.stack(fields) + noise, 0, 1)
+            data = np.clip(np.stack(fields).astype(np.float64) + noise, 0, 1)
             info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
             if info is not None:
                 lo = max(info.min, 1)
@@ -182,9 +169,9 @@ def make_labels(tmp_path) -> Callable[..., Path]:
     on a given grid through the pipeline's own writer, with no model in the way."""
     from pyproj import CRS
 
-    from pipeline.planning import plan_tiles
-    from pipeline.reading import SceneInfo
-    from pipeline.writing import LabelWriter
+    from fcnrs.pipeline.planning import plan_tiles
+    from fcnrs.pipeline.reading import SceneInfo
+    from fcnrs.pipeline.writing import StagingGroup
 
     def factory(
         labels: np.ndarray,
@@ -214,7 +201,7 @@ def make_labels(tmp_path) -> Callable[..., Path]:
             mtime_ns=source_mtime_ns,  # a changed source scene: a new identity
         )
         grid = plan_tiles(h, w, tile_size=tile_size, overlap=32)
-        writer = LabelWriter(
+        group = StagingGroup(
             (out_dir or tmp_path / "labels") / name,
             info=info,
             grid=grid,
@@ -222,13 +209,13 @@ def make_labels(tmp_path) -> Callable[..., Path]:
             colors=colors,
             probabilities=probabilities is not None,
         )
-        writer.create()
-        for i in range(grid.rows):
-            for j in range(grid.cols):
-                c = grid.tile(i, j).core
-                rows, cols = slice(c.row, c.row + c.height), slice(c.col, c.col + c.width)
-                probs = None if probabilities is None else probabilities[:, rows, cols]
-                writer.write_tile(c, labels[rows, cols], probs)
-        return writer.publish()
+        group.create()
+        chunks = group.chunks()
+        valid = 0
+        for tile in grid:
+            rows, cols = tile.core.slices()
+            probs = None if probabilities is None else probabilities[:, rows, cols]
+            valid += chunks.write(tile.core, labels[rows, cols], probs)
+        return group.publish(valid)
 
     return factory

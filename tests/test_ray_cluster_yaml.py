@@ -45,7 +45,16 @@ def test_nodes_install_the_project_and_mount_shared_storage(config):
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
-def test_validation_catches_a_broken_config(config):
-    config["available_node_types"]["gpu_worker"]["instance_type"] = "typo"
-    with pytest.raises(jsonschema.ValidationError):
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("instance_type", "g5.2xlarge", r"'instance_type' was unexpected"),
+        ("max_workers", "8", r"'8' is not of type 'integer'"),
+    ],
+)
+def test_validation_catches_a_broken_config(config, key, value, message):
+    # The intact config validates, so the error below is the edit's doing.
+    validate_config(prepare_config(copy.deepcopy(config)))
+    config["available_node_types"]["gpu_worker"][key] = value
+    with pytest.raises(jsonschema.ValidationError, match=message):
         validate_config(prepare_config(config))

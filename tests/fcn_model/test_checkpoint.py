@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from fcn_model import (
+from fcnrs.fcn_model import (
     CheckpointError,
     FCN8s,
     FCN16s,
@@ -60,7 +61,19 @@ def test_checkpoint_is_written_exactly_at_path_and_nowhere_else(trained_like, tm
     assert path == tmp_path / "model.safetensors" and path.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
     assert read_meta(path).num_classes == 3
-    assert len(checkpoint_digest(path)) == 64
+    assert checkpoint_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_digest_changes_with_the_weights_and_only_with_them(trained_like, tmp_path):
+    model, path = trained_like
+    meta = read_meta(path)
+    kwargs = dict(classes=meta.classes, bands=meta.bands, mean=meta.mean, std=meta.std)
+    again = save_checkpoint(tmp_path / "again.safetensors", model, **kwargs)
+    with torch.no_grad():
+        model.score_fr.weight[0, 0, 0, 0] += 1.0
+    changed = save_checkpoint(tmp_path / "changed.safetensors", model, **kwargs)
+    assert checkpoint_digest(again) != checkpoint_digest(changed)
+    assert checkpoint_digest(path) != checkpoint_digest(changed)
 
 
 def test_default_colours_are_distinct(tmp_path):

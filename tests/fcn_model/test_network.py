@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fcn_model import FCN8s, FCN16s, FCN32s, bilinear_kernel, build_model
-from fcn_model.network import FCN2s, FCN4s, Upsample
+from fcnrs.fcn_model import FCN2s, FCN4s, FCN8s, FCN16s, FCN32s, bilinear_kernel, build_model
+from fcnrs.fcn_model.network import Upsample
 
 
 def test_fcn8s_parameter_count_matches_the_paper():

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fcn_model import FCN8s, FCN32s, WeightsError, load_vgg16_weights
-from fcn_model.surgery import adapt_first_layer
+from fcnrs.fcn_model import FCN8s, FCN32s, WeightsError, load_vgg16_weights
+from fcnrs.fcn_model.surgery import adapt_first_layer
 
 
 def torchvision_vgg16(num_classes: int = 1000) -> tuple[nn.Sequential, nn.Sequential]:
@@ -135,9 +135,20 @@ def test_other_band_counts_respond_to_a_flat_image_like_rgb(vgg16_file, bands):
         torch.testing.assert_close(multi.conv1_1.weight[:, :3], w * 3 / bands)
 
 
-def test_adapt_first_layer_keeps_rgb_unchanged():
-    w = torch.randn(8, 3, 3, 3)
-    assert torch.equal(adapt_first_layer(w, 3), w)
+def test_three_band_network_gets_the_files_rgb_filters_and_more_bands_are_derived(vgg16_file):
+    path, features, _ = vgg16_file
+    rgb = features[0].weight.detach()
+    three = load_vgg16_weights(FCN8s(2, in_channels=3), path)
+    assert torch.equal(three.conv1_1.weight.detach(), rgb)
+    four = load_vgg16_weights(FCN8s(2, in_channels=4), path).conv1_1.weight.detach()
+    assert torch.allclose(four[:, :3], rgb * 0.75)
+    assert torch.allclose(four[:, 3], rgb.mean(dim=1) * 0.75)
+    two = adapt_first_layer(rgb, 2)
+    assert two.shape == (64, 2, 3, 3) and torch.allclose(two[:, 1], rgb.mean(dim=1) * 1.5)
+    # The three-band result is a copy: training it never changes the loaded file's tensor.
+    copy = adapt_first_layer(rgb, 3)
+    copy.add_(1.0)
+    assert torch.equal(features[0].weight.detach(), rgb) and not torch.equal(copy, rgb)
 
 
 def test_width_other_than_one_is_refused(vgg16_file):

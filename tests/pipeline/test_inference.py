@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.inference import Predictor
+from fcnrs.pipeline.inference import Predictor
 
 
 def batch(n: int = 2, size: int = 96) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.planning import Window, geometry_key, plan_batches, plan_tiles, round_to_stride
+from fcnrs.pipeline.planning import Window, geometry_key, plan_batches, plan_tiles, round_to_stride
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import SceneError
-from pipeline.planning import Window
-from pipeline.reading import TileReader, inspect_scene, resolve_bands, scene_stem
+from fcnrs.pipeline.errors import SceneError
+from fcnrs.pipeline.planning import Window
+from fcnrs.pipeline.reading import TileReader, inspect_scene, resolve_bands
+from fcnrs.pipeline.scenes import scene_stem
 
 
 def test_read_normalises_and_zeroes_invalid_pixels(make_scene):

@@ -8,12 +8,13 @@ import rasterio
 import torch
 import zarr
 
-from fcn_model import load_checkpoint
-from pipeline.errors import SceneError
-from pipeline.reading import TileReader
-from pipeline.reference import whole_scene_labels
-from pipeline.segment import SegmentSettings, segment_scene
-from pipeline.writing import is_complete
+from fcnrs.fcn_model import load_checkpoint
+from fcnrs.pipeline.errors import SceneError
+from fcnrs.pipeline.reading import TileReader
+from fcnrs.pipeline.scenes import SegmentSettings
+from fcnrs.pipeline.segment import segment_scene
+from fcnrs.pipeline.writing import is_complete
+from tests.oracle import whole_scene_labels
 
 
 def read_labels(out_dir, stem) -> np.ndarray:
@@ -49,7 +50,7 @@ def test_off_stride_tiling_would_fail_the_same_check(make_scene, make_checkpoint
     ckpt = make_checkpoint()
     model, meta = load_checkpoint(ckpt)
     whole = whole_scene_labels(scene, ckpt)
-    from pipeline.planning import Window
+    from fcnrs.pipeline.planning import Window
 
     with TileReader(scene, meta.bands, meta.mean, meta.std) as reader:
         image, _ = reader.read(Window(16, 16, 384, 384))

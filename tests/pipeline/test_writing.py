@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+import zarr
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from pipeline.segment import SegmentSettings, segment_scene
-from pipeline.writing import is_complete
+from fcnrs.fcn_model import checkpoint_digest
+from fcnrs.pipeline.scenes import SegmentSettings
+from fcnrs.pipeline.segment import segment_scene
+from fcnrs.pipeline.writing import is_complete, read_attrs
 
 GRIDS = {
     "utm": ("EPSG:32618", from_origin(101985.0, 2826915.0, 30.0, 30.0)),
@@ -125,7 +128,45 @@ def test_output_records_rounding_classes_and_provenance(make_scene, make_checkpo
 def test_rerun_replaces_output_atomically(make_scene, make_checkpoint, tmp_path):
     scene = make_scene(height=100, width=100)
     out = tmp_path / "o"
-    segment_scene(scene, model=make_checkpoint(seed=1), out_dir=out)
-    segment_scene(scene, model=make_checkpoint("m2.safetensors", seed=2), out_dir=out)
+    first, second = make_checkpoint(seed=1), make_checkpoint("m2.safetensors", seed=2)
+    segment_scene(scene, model=first, out_dir=out)
+    old = zarr.open_group(str(out / "scene.zarr"), mode="r")["labels"][:]
+    segment_scene(scene, model=second, out_dir=out)
     assert is_complete(out / "scene.zarr")
-    assert sorted(p.name for p in out.iterdir()) == ["scene.zarr"]
+    assert sorted(p.name for p in out.iterdir()) == ["scene.zarr"]  # no .partial, no .old
+    # The published output is the second model's, label for label.
+    assert read_attrs(out / "scene.zarr")["model_digest"] == checkpoint_digest(second)
+    segment_scene(scene, model=second, out_dir=tmp_path / "fresh")
+    new = zarr.open_group(str(out / "scene.zarr"), mode="r")["labels"][:]
+    fresh = zarr.open_group(str(tmp_path / "fresh" / "scene.zarr"), mode="r")["labels"][:]
+    assert np.array_equal(new, fresh) and not np.array_equal(new, old)
+
+
+def test_resume_keeps_a_matching_staging_group_and_reports_its_tiles(
+    make_scene, make_checkpoint, tmp_path
+):
+    from fcnrs.fcn_model import read_meta
+    from fcnrs.pipeline.scenes import plan_scene
+    from fcnrs.pipeline.writing import staging_group
+
+    scene, ckpt = make_scene(height=150, width=200), make_checkpoint()
+    meta = read_meta(ckpt)
+    settings = SegmentSettings(tile_size=64, overlap=32)
+    plan = plan_scene(scene, meta=meta, out_dir=tmp_path / "o", settings=settings)
+    group = staging_group(plan, meta=meta, model_digest="a" * 64, settings=settings)
+    assert group.resume_or_create() == set()  # nothing to resume: created afresh
+    chunks = group.chunks()
+    tiles = list(plan.grid)
+    ones = np.ones(tiles[0].core.shape, np.uint8)
+    assert chunks.write(tiles[0].core, ones) == ones.size
+    assert chunks.write_nodata(tiles[4].core) == 0
+    # A later run with the same identity resumes and sees exactly those two tiles.
+    again = staging_group(plan, meta=meta, model_digest="a" * 64, settings=settings)
+    assert again.resume_or_create() == {tiles[0].index, tiles[4].index}
+    assert again.chunks().count_valid([tiles[0].core, tiles[4].core]) == ones.size
+    # Another model's run starts afresh: the earlier chunks are gone.
+    other = staging_group(plan, meta=meta, model_digest="b" * 64, settings=settings)
+    assert other.resume_or_create() == set() and other.done_tiles() == set()
+    assert other.published() is None
+    final = other.publish(valid_pixels=0)
+    assert other.published() is not None and read_attrs(final)["valid_pixels"] == 0

@@ -1,0 +1,238 @@
+"""Cloud Optimized GeoTIFFs and PNG quicklooks of the Zarr label rasters.
+
+``export_cog`` copies a published label raster, window by window, into a tiled
+GeoTIFF staging file (labels, nodata 255, the class colours as a colour table),
+then has GDAL's own COG driver rewrite it with overviews built by *mode*
+resampling: an overview pixel is the most frequent class below it, never an
+average of class ids. The class names go where GDAL and QGIS look for them:
+category names and a thematic raster attribute table in ``<name>.tif.aux.xml``
+(GDAL keeps both in this PAM sidecar for GeoTIFFs), and ``CLASS_<id>`` tags in
+the TIFF itself so they survive without the sidecar. Files are staged under a
+dot name and renamed into place, so a failed export never replaces a good one.
+
+Each GeoTIFF carries the label raster's fingerprint (``SOURCE_FINGERPRINT``, a
+digest of its model, settings, source file and grid). A re-run keeps a GeoTIFF
+whose fingerprint matches, so a nightly export redoes only re-segmented scenes.
+
+Memory is bounded by one Zarr chunk plus GDAL's block cache, whatever the
+raster's size.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import rasterio
+import zarr
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.shutil import copy as gdal_copy
+
+from fcnrs.pipeline.errors import OutputError, PipelineError
+from fcnrs.pipeline.labels import NODATA
+from fcnrs.pipeline.planning import Window
+from fcnrs.pipeline.reading import open_raster
+from fcnrs.pipeline.writing import staging_path
+
+from .rasters import LabelRaster, open_label_raster
+
+#: COG internal tile edge; also the staging file's block size.
+BLOCK = 512
+#: The TIFF tag holding the fingerprint of the label raster a GeoTIFF was made from.
+SOURCE_TAG = "SOURCE_FINGERPRINT"
+_COG_OPTIONS = {
+    "BLOCKSIZE": str(BLOCK),
+    "COMPRESS": "DEFLATE",
+    "PREDICTOR": "NO",
+    "LEVEL": "6",
+    "BIGTIFF": "IF_SAFER",
+    "OVERVIEWS": "AUTO",
+}
+
+
+def colormap(colors: tuple[tuple[int, int, int], ...]) -> dict[int, tuple[int, int, int, int]]:
+    """A GDAL colour table: the class colours, transparent nodata, grey elsewhere."""
+    table = {i: (128, 128, 128, 255) for i in range(256)}
+    table.update({i: (*c, 255) for i, c in enumerate(colors)})
+    table[NODATA] = (0, 0, 0, 0)
+    return table
+
+
+def _windows(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[Window]:
+    """Chunk-aligned windows covering the last two axes."""
+    height, width = shape[-2:]
+    ch, cw = chunks[-2:]
+    for r in range(0, height, ch):
+        for c in range(0, width, cw):
+            yield Window(r, c, min(ch, height - r), min(cw, width - c))
+
+
+def _stage_tiff(
+    src: zarr.Array, dst: Path, raster: LabelRaster, *, nodata: int | None, tags: dict
+) -> None:
+    """Copy a 2-D or (band, y, x) Zarr array into a tiled GeoTIFF, chunk by chunk."""
+    bands = 1 if src.ndim == 2 else src.shape[0]
+    profile = {
+        "driver": "GTiff",
+        "height": src.shape[-2],
+        "width": src.shape[-1],
+        "count": bands,
+        "dtype": "uint8",
+        "crs": raster.crs_wkt,
+        "transform": raster.transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "ZSTD",
+        "BIGTIFF": "IF_SAFER",
+    }
+    with rasterio.open(dst, "w", **profile) as out:
+        # Colour interpretation first: GeoTIFF cannot change it once data is written.
+        if src.ndim == 2:
+            out.write_colormap(1, colormap(raster.colors))
+        else:
+            out.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (bands - 1)
+            for b, name in enumerate(raster.classes, start=1):
+                out.set_band_description(b, f"probability of {name} x 255")
+        out.update_tags(**tags)
+        for window in _windows(src.shape, src.chunks):
+            rows, cols = window.slices()
+            block = src[rows, cols] if src.ndim == 2 else src[:, rows, cols]
+            out.write(block, indexes=1 if src.ndim == 2 else None, window=window.to_rasterio())
+
+
+@contextmanager
+def _published(dst: Path) -> Iterator[Path]:
+    """Yield the staging path of ``dst`` (:func:`~fcnrs.pipeline.writing.staging_path`),
+    rename it onto ``dst`` when the block succeeds, and always clear the staging
+    file and any PAM sidecar GDAL left beside it."""
+    partial = staging_path(dst)
+    try:
+        yield partial
+        os.replace(partial, dst)
+    finally:
+        partial.unlink(missing_ok=True)
+        Path(f"{partial}.aux.xml").unlink(missing_ok=True)
+
+
+def _cog(staging_tiff: Path, dst: Path, resampling: str) -> None:
+    """GDAL's COG driver: overviews by ``resampling``, IFDs first, tiles in order."""
+    with _published(dst) as partial:
+        gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
+
+
+def exported_from(tiff: Path, fingerprint: str) -> bool:
+    """Whether ``tiff`` is an export of the label raster with this fingerprint."""
+    if not tiff.is_file():
+        return False
+    try:
+        with open_raster(tiff) as src:
+            return src.tags().get(SOURCE_TAG) == fingerprint
+    except PipelineError:  # not a GeoTIFF we can read: export again
+        return False
+
+
+def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
+    """A PAM sidecar with category names and a thematic raster attribute table."""
+    names = "".join(f"<Category>{escape(c)}</Category>" for c in classes)
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    defs = "".join(
+        f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+        for i, (n, t, u) in enumerate(fields)
+    )
+    rows = "".join(
+        f'<Row index="{i}"><F>{i}</F><F>{escape(c)}</F>'
+        + "".join(f"<F>{v}</F>" for v in colors[i])
+        + "</Row>"
+        for i, c in enumerate(classes)
+    )
+    return (
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n'
+        f"    <CategoryNames>{names}</CategoryNames>\n"
+        f'    <GDALRasterAttributeTable tableType="thematic">{defs}{rows}'
+        "</GDALRasterAttributeTable>\n  </PAMRasterBand>\n</PAMDataset>\n"
+    )
+
+
+@dataclass(frozen=True)
+class Exported:
+    labels: Path
+    probabilities: Path | None
+    quicklook: Path | None
+    #: GeoTIFFs left as they were: already exported from this very label raster.
+    kept: tuple[Path, ...] = ()
+
+
+def export_cog(
+    zarr_path: str | PathLike[str],
+    out_dir: str | PathLike[str],
+    *,
+    probabilities: bool = False,
+    quicklook: int | None = None,
+    force: bool = False,
+) -> Exported:
+    """Export one label raster to ``out_dir/<name>.tif`` (+ ``.aux.xml``), and
+    optionally ``<name>_probabilities.tif`` and a ``<name>.png`` quicklook whose
+    longer side is ``quicklook`` pixels.
+
+    A GeoTIFF already exported from this very raster (same fingerprint) is kept
+    unless ``force``; the sidecar and the quicklook (both small) are rewritten.
+    """
+    raster = open_label_raster(zarr_path)
+    if probabilities and raster.probabilities is None:
+        raise OutputError(f"{raster.path}: has no probabilities to export.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / f"{raster.name}.tif"
+    staging = out_dir / f".{raster.name}.staging.tif"
+    tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
+    tags[SOURCE_TAG] = raster.fingerprint
+    prob_dst = out_dir / f"{raster.name}_probabilities.tif" if probabilities else None
+    kept = []
+
+    def publish(array: zarr.Array, tiff: Path, nodata: int | None, resampling: str) -> None:
+        if not force and exported_from(tiff, raster.fingerprint):
+            kept.append(tiff)
+            return
+        _stage_tiff(array, staging, raster, nodata=nodata, tags=tags)
+        _cog(staging, tiff, resampling)
+
+    try:
+        publish(raster.labels, dst, NODATA, "MODE")
+        # GDAL keeps category names and attribute tables of GeoTIFFs in this sidecar.
+        with _published(Path(f"{dst}.aux.xml")) as aux:
+            aux.write_text(pam_categories(raster.classes, raster.colors))
+        if prob_dst:
+            # Probabilities are continuous: averaging is the right overview.
+            publish(raster.probabilities, prob_dst, None, "AVERAGE")
+    finally:
+        staging.unlink(missing_ok=True)
+    png = write_quicklook(dst, out_dir / f"{raster.name}.png", quicklook) if quicklook else None
+    return Exported(dst, prob_dst, png, tuple(kept))
+
+
+def write_quicklook(cog: str | PathLike[str], dst: str | PathLike[str], size: int) -> Path:
+    """A paletted PNG of a label COG, longer side ``size`` pixels, downsampled by
+    mode (from the COG's overviews), nodata transparent."""
+    dst = Path(dst)
+    with open_raster(cog) as src:
+        scale = min(1.0, size / max(src.height, src.width))
+        shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
+        small = src.read(1, out_shape=shape, resampling=Resampling.mode)
+        cmap = src.colormap(1)
+    with _published(dst) as partial, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: no georeferencing
+        with rasterio.open(
+            partial, "w", driver="PNG", height=shape[0], width=shape[1], count=1, dtype="uint8"
+        ) as out:
+            out.write(small, 1)
+            out.write_colormap(1, cmap)
+    return dst

@@ -1,0 +1,150 @@
+"""Option parsing every job shares: bands, logging and verbosity, quiet Ray.
+
+Each job module (``segment_scenes``, ``finetune``, ``export_cog``,
+``query_areas``, ``demo``) defines ``add_arguments(parser)`` and
+``run(args) -> int``; :func:`job_main` runs one as a script and
+:mod:`fcnrs.jobs.cli` gathers them as subcommands of ``fcnrs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import IO
+
+log = logging.getLogger("fcnrs")
+
+#: Loggers of libraries whose INFO lines are their internals, not the run's progress.
+_CHATTY = ("ray", "ray.train", "ray.tune", "rasterio", "filelock", "urllib3")
+#: The logger of Ray's "token authentication is enabled" notice on a local start.
+_TOKEN_NOTICE = "ray._private.authentication.authentication_token_setup"
+#: Ray Data's own logging configuration for quiet runs (shipped beside this file).
+_RAY_DATA_LOGGING = "ray_data_logging.yaml"
+
+
+def parse_bands(text: str) -> tuple[int, ...]:
+    """``--bands 4,3,2``: 1-based band indexes (GDAL's convention)."""
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--bands takes 1-based band indexes like 4,3,2. Got {text!r}."
+        ) from None
+    if any(b < 1 for b in bands):
+        raise argparse.ArgumentTypeError(
+            f"--bands takes 1-based band indexes (1 is the first band). Got {text!r}."
+        )
+    return bands
+
+
+def add_bands(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--bands", type=parse_bands, default=None, help=help)
+
+
+def add_verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything, Ray's own logs and warnings included",
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    """The run's own progress at INFO; Ray's internals only with ``-v``.
+
+    Ray's C++ core and its workers print to stderr on their own; the environment
+    variables below (read when Ray starts) keep them to errors unless verbose.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    if verbose:
+        return
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # The native core's error-looking lines (e.g. "constructor arguments in the
+    # object store") are about Ray's internals; its fatal errors still print.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    os.environ.setdefault(
+        "RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name(_RAY_DATA_LOGGING))
+    )
+    # A local Ray turns token authentication on by default and warns that it did
+    # (a notice, not a problem: the README says how clients use the token).
+    logging.getLogger(_TOKEN_NOTICE).setLevel(logging.ERROR)
+
+
+def ray_starter(verbose: bool) -> Callable[[], None]:
+    """A function that starts (or joins) Ray the first time a job needs it.
+
+    Quiet unless ``verbose``: Python logs at WARNING, workers' output not copied
+    to the driver, and the native core's start-up lines (printed straight to file
+    descriptor 2, below Python) kept aside and shown only if the start fails.
+    """
+
+    def start() -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        joining = bool(os.environ.get("RAY_ADDRESS"))
+        if verbose:
+            ray.init()
+        else:
+            with tempfile.TemporaryFile(mode="w+b") as held, _native_stderr_to(held):
+                try:
+                    ray.init(logging_level=logging.WARNING, log_to_driver=False)
+                except BaseException:
+                    held.seek(0)
+                    sys.stderr.write(held.read().decode(errors="replace"))
+                    raise
+        gcs = ray.get_runtime_context().gcs_address
+        what = "joined the Ray cluster at" if joining else "started a local Ray at"
+        log.info("%s %s (%s)", what, gcs, _resources(ray.cluster_resources()))
+
+    return start
+
+
+def _resources(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU"))
+
+
+@contextmanager
+def _native_stderr_to(target: IO[bytes]) -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(target.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def build_parser(job: ModuleType, prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description=job.__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    job.add_arguments(p)
+    add_verbosity(p)
+    return p
+
+
+def job_main(job: ModuleType) -> Callable[[Sequence[str] | None], int]:
+    """``main(argv)`` of a job module: parse, set up logging, run."""
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        args = build_parser(job).parse_args(argv)
+        setup_logging(args.verbose)
+        return int(job.run(args))
+
+    return main

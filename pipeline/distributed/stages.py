@@ -1,0 +1,171 @@
+"""The three stages of the Ray pipeline, and the rows that flow between them.
+
+A row is one planned batch of one scene (:func:`~fcnrs.pipeline.planning.plan_batches`),
+as a dict of plain values and numpy arrays (what Ray Data ships between stages):
+
+1. :func:`read_stage` (Ray tasks, CPU): windowed reads of the batch's tiles;
+2. :class:`PredictStage` (an actor pool): one model replica per actor, pinned to
+   one GPU (``num_gpus=1``) or to CPU threads where there is no GPU;
+3. :func:`write_stage` (Ray tasks, CPU): each tile core into its own Zarr chunk.
+
+The stages are module-level (Ray ships them by reference) and plain callables,
+so they can be called directly, with no cluster, in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SceneError
+from ..inference import Predictor
+from ..planning import Tile, Window
+from ..reading import TileReader, read_batch
+from ..writing import ChunkWriter, staging_path
+
+log = logging.getLogger(__name__)
+
+# Per-process caches: a worker reuses one reader per scene and one writer per
+# staging group across the batches it handles.
+_READERS: dict[str, TileReader] = {}
+_WRITERS: dict[str, ChunkWriter] = {}
+
+_EMPTY_IMAGES = {
+    "image": np.zeros((0, 1, 1, 1), np.float32),
+    "valid": np.zeros((0, 1, 1), bool),
+    "core": np.zeros((0, 4), np.int64),
+}
+
+
+def encode_tiles(tiles: Sequence[Tile]) -> np.ndarray:
+    """Tiles as an int64 ``(n, 10)`` array: index (i, j), read window, core window."""
+
+    def fields(w: Window) -> tuple[int, int, int, int]:
+        return (w.row, w.col, w.height, w.width)
+
+    rows = [(*t.index, *fields(t.read), *fields(t.core)) for t in tiles]
+    return np.array(rows, dtype=np.int64).reshape(-1, 10)
+
+
+def decode_tiles(array: np.ndarray) -> list[Tile]:
+    """The inverse of :func:`encode_tiles`."""
+    return [
+        Tile((int(t[0]), int(t[1])), Window(*map(int, t[6:10])), Window(*map(int, t[2:6])))
+        for t in np.asarray(array)
+    ]
+
+
+def _reader(row: dict[str, Any]) -> TileReader:
+    key = f"{row['scene']}|{list(row['bands'])}|{list(row['mean'])}|{list(row['std'])}"
+    reader = _READERS.get(key)
+    if reader is None:
+        reader = _READERS[key] = TileReader(row["scene"], row["bands"], row["mean"], row["std"])
+    return reader
+
+
+def read_stage(row: dict[str, Any]) -> dict[str, Any]:
+    """Read a planned batch with :func:`~fcnrs.pipeline.reading.read_batch`.
+
+    ``keep`` lists the positions of the tiles that go to the model (the others
+    have no valid pixel); a read that fails sets ``error`` (the scene fails, the
+    run goes on).
+    """
+    out = {k: row[k] for k in ("scene_id", "batch_id", "output", "tiles", "probabilities")}
+    out["error"] = ""
+    keep: list[int] = []
+    arrays = None
+    try:
+        tiles = decode_tiles(row["tiles"])
+        _, kept, arrays = read_batch(_reader(row), tiles)
+        position = {tile.index: k for k, tile in enumerate(tiles)}
+        keep = [position[tile.index] for tile in kept]
+    except SceneError as exc:
+        out["error"] = str(exc)
+        arrays, keep = None, []
+    out["keep"] = np.array(keep, dtype=np.int64)
+    return out | (arrays if arrays is not None else _EMPTY_IMAGES)
+
+
+class PredictStage:
+    """One model replica per actor: :class:`~fcnrs.pipeline.inference.Predictor` in
+    Ray's callable-class form, on the GPU Ray assigned to this actor, or on CPU threads."""
+
+    def __init__(
+        self, model: str, *, device: str, precision: str, probabilities: bool, threads: int
+    ) -> None:
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = False  # same kernels every run: same bytes
+            torch.backends.cudnn.deterministic = True
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+        if device == "cuda" and not torch.cuda.is_available():
+            log.warning(
+                "Ray assigned GPU %s but torch sees no CUDA device: running on CPU", gpu_ids
+            )
+            device = "cpu"
+        # Which replica did the work: the run summary shows how batches spread.
+        node = ray.util.get_node_ip_address() if ray.is_initialized() else "local"
+        self.replica = f"{node}:{os.getpid()} gpu={gpu_ids}"
+        self.predictor = Predictor(
+            model, device=device, precision=precision, probabilities=probabilities
+        )
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        keys = ("scene_id", "batch_id", "output", "tiles", "keep", "error", "probabilities")
+        out = {k: row[k] for k in keys}
+        out["replica"] = self.replica
+        n = len(row["keep"])
+        if n and not row["error"]:
+            result = self.predictor(
+                {"image": row["image"], "valid": row["valid"], "core": row["core"]}
+            )
+            out["labels"] = result["labels"]
+            out["probs"] = result.get("probabilities", np.zeros((n, 0, 1, 1), np.uint8))
+        else:
+            out["labels"] = np.zeros((0, 1, 1), np.uint8)
+            out["probs"] = np.zeros((0, 0, 1, 1), np.uint8)
+        return out
+
+
+def _writer(row: dict[str, Any]) -> ChunkWriter:
+    stage = str(staging_path(Path(str(row["output"]))))
+    writer = _WRITERS.get(stage)
+    if writer is None:
+        writer = _WRITERS[stage] = ChunkWriter(stage, probabilities=bool(row["probabilities"]))
+    return writer
+
+
+def write_stage(row: dict[str, Any]) -> dict[str, Any]:
+    """Write every tile of a batch, each into its own chunk (one writer per chunk),
+    and report how many tiles were predicted and how many pixels are valid."""
+    summary = {
+        "scene_id": row["scene_id"],
+        "batch_id": row["batch_id"],
+        "error": row["error"],
+        "replica": row["replica"],
+        "tiles": len(row["tiles"]),
+        "predicted": len(row["keep"]),
+        "valid_pixels": 0,
+    }
+    if row["error"]:
+        return summary
+    writer = _writer(row)
+    predicted = {int(k): i for i, k in enumerate(np.asarray(row["keep"]))}
+    probs = np.asarray(row["probs"])
+    for k, tile in enumerate(decode_tiles(row["tiles"])):
+        if k in predicted:
+            i = predicted[k]
+            summary["valid_pixels"] += writer.write(
+                tile.core, np.asarray(row["labels"][i]), probs[i] if probs.shape[1] else None
+            )
+        else:
+            summary["valid_pixels"] += writer.write_nodata(tile.core)
+    return summary

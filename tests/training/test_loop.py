@@ -1,0 +1,206 @@
+"""The loop's parts: initialisation, the training state, one epoch, the end of an
+epoch, and the in-process runner that strings them together."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fcnrs.demo.scenes import CLASSES
+from fcnrs.fcn_model import FCN8s, load_checkpoint, save_checkpoint
+from fcnrs.training.loop import (
+    Progress,
+    Worker,
+    initial_model,
+    initial_state,
+    load_state,
+    make_optimizer,
+    run_epoch,
+    save_state,
+    train_in_process,
+    validate_and_checkpoint,
+)
+from fcnrs.training.sampling import WindowSampler
+from fcnrs.training.settings import TrainSettings
+
+from .conftest import THRESHOLD, THRESHOLD_SIDE
+
+
+def sample_settings(scenes, out, **overrides) -> TrainSettings:
+    """A width-0.125 FCN-8s on the sample scenes' 4 bands, 64-px windows in pairs."""
+    return TrainSettings(
+        **{
+            "scenes": tuple(scenes),
+            "classes": CLASSES,
+            "colors": ((0, 0, 0),) * 4,
+            "bands": (1, 2, 3, 4),
+            "out": str(out),
+            "width": 0.125,
+            "window": 64,
+            "batch_size": 2,
+            "mean": (1000.0,) * 4,
+            "std": (800.0,) * 4,
+            "val_tile_size": 64,
+            "val_overlap": 32,
+            **overrides,
+        }
+    )
+
+
+def test_init_with_other_classes_keeps_the_trunk_and_resets_the_scores(tmp_path, labeled):
+    _, scenes = labeled
+    torch.manual_seed(9)
+    parent = FCN8s(3, in_channels=4, width=0.125)
+    path = save_checkpoint(
+        tmp_path / "parent.safetensors",
+        parent,
+        classes=["a", "b", "c"],
+        bands=[1, 2, 3, 4],
+        mean=[0] * 4,
+        std=[1] * 4,
+    )
+    s = TrainSettings(
+        scenes=tuple(scenes),
+        classes=("x", "y"),
+        colors=((0, 0, 0),) * 2,
+        bands=(1, 2, 3, 4),
+        out="",
+        width=0.125,
+        init=str(path),
+    )
+    child = initial_model(s)
+    assert torch.equal(child.conv1_1.weight, parent.conv1_1.weight)
+    assert torch.equal(child.fc7.weight, parent.fc7.weight)
+    assert child.score_fr.weight.shape == (2, 512, 1, 1)
+    same = TrainSettings(**{**s.__dict__, "classes": ("a", "b", "c"), "colors": ((0, 0, 0),) * 3})
+    assert torch.equal(initial_model(same).score_fr.weight, parent.score_fr.weight)
+
+
+def test_training_state_round_trip(tmp_path, labeled):
+    _, scenes = labeled
+    s = sample_settings(scenes, tmp_path)
+    model, optimizer, progress = initial_state(s)
+    assert progress == Progress(-1, -math.inf, [])
+    with WindowSampler(s, rank=0) as sampler:
+        run_epoch(model, optimizer, sampler, steps=1, device=torch.device("cpu"))
+    saved = Progress(3, 0.75, [{"epoch": 3, "loss": 0.5, "confusion": [[1, 2], [3, 4]]}])
+    save_state(tmp_path, model, optimizer, saved)
+    assert load_state(tmp_path).progress == saved
+    # A fresh start from the folder has the same weights and optimizer moments.
+    model2, optimizer2, progress2 = initial_state(s, tmp_path)
+    assert progress2 == saved
+    for (k, v), (k2, v2) in zip(
+        model.state_dict().items(), model2.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(v, v2)
+    moments = optimizer.state_dict()["state"]
+    moments2 = optimizer2.state_dict()["state"]
+    assert moments.keys() == moments2.keys() and len(moments) > 0
+    for key, value in moments.items():
+        assert all(torch.equal(value[n], moments2[key][n]) for n in ("exp_avg", "exp_avg_sq"))
+
+
+def threshold_settings(scene, **overrides) -> TrainSettings:
+    n = THRESHOLD_SIDE
+    return TrainSettings(
+        **{
+            "scenes": (scene,),
+            "classes": ("low", "high"),
+            "colors": ((0, 0, 0),) * 2,
+            "bands": (1,),
+            "out": "",
+            "window": 32,
+            "batch_size": 4,
+            "mean": (THRESHOLD,),
+            "std": (n * n / 4,),
+            "lr": 0.05,
+            **overrides,
+        }
+    )
+
+
+def test_run_epoch_takes_its_steps_and_learns_a_learnable_scene(threshold_scene):
+    # A per-pixel threshold: a 1x1 convolution can learn it exactly.
+    s = threshold_settings(threshold_scene)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 2, 1)
+    optimizer = make_optimizer(model, s)
+    with WindowSampler(s, rank=0) as sampler:
+        result = run_epoch(model, optimizer, sampler, steps=60, device=torch.device("cpu"))
+        assert len(result.losses) == 60 and not result.stopped
+        assert result.loss == pytest.approx(np.mean(result.losses))
+        assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:10])
+        late = run_epoch(
+            model, optimizer, sampler, steps=5, device=torch.device("cpu"), deadline=time.time()
+        )
+    assert late.losses == () and late.stopped and math.isnan(late.loss)
+
+
+def run_end_of_epoch(s, model, progress, epoch) -> tuple[dict, list]:
+    reports = []
+
+    def report(metrics, directory: Path | None) -> None:
+        reports.append((metrics, sorted(p.name for p in directory.iterdir())))
+        reports.append(load_state(directory).progress.epoch)
+
+    worker = Worker(s, model, model, make_optimizer(model, s), torch.device("cpu"))
+    metrics = validate_and_checkpoint(
+        worker, progress, {"epoch": epoch, "loss": 1.0}, report, record={"ranks": []}
+    )
+    return metrics, reports
+
+
+def test_validate_and_checkpoint_exports_the_best_only_when_it_improves(tmp_path, labeled):
+    _, scenes = labeled
+    s = sample_settings(scenes, tmp_path)
+    model, _, _ = initial_state(s)
+    best = tmp_path / "best"
+    # Not better than the best so far: recorded and checkpointed, not exported.
+    progress = Progress(epoch=4, best=2.0)
+    metrics, reports = run_end_of_epoch(s, model, progress, epoch=5)
+    assert not best.exists() and progress.best == 2.0 and progress.epoch == 5
+    assert reports == [(metrics, ["state.pt"]), 5]
+    assert 0 <= metrics["val_mean_iou"] <= 1 and metrics["loss"] == 1.0
+    assert progress.history == [
+        {**metrics, "ranks": [], "confusion": progress.history[0]["confusion"]}
+    ]
+    # Better: exported, with its report.
+    progress.best = -math.inf
+    metrics, _ = run_end_of_epoch(s, model, progress, epoch=6)
+    assert best.exists() and progress.best == metrics["val_mean_iou"]
+    exported = json.loads((tmp_path / "best_report.json").read_text())
+    assert exported["epoch"] == 6 and exported["mean_iou"] == metrics["val_mean_iou"]
+    _, meta = load_checkpoint(best)
+    assert meta.provenance["epoch"] == 6 and meta.classes == CLASSES
+    # The same score again is no improvement: the export stays epoch 6's.
+    run_end_of_epoch(s, model, progress, epoch=7)
+    assert json.loads((tmp_path / "best_report.json").read_text())["epoch"] == 6
+    assert [h["epoch"] for h in progress.history] == [5, 6, 7]
+
+
+def test_train_in_process_runs_the_epochs_and_exports_the_best(tmp_path, labeled):
+    _, scenes = labeled
+    s = sample_settings(scenes, tmp_path, epochs=2, steps_per_epoch=3, trained_by="a test")
+    seen = []
+    progress = train_in_process(s, report=lambda metrics, d: seen.append(metrics))
+    assert [m["epoch"] for m in seen] == [0, 1] and progress.epoch == 1
+    assert [h["steps"] for h in progress.history] == [3, 3]
+    assert all(h["world_size"] == 1 and len(h["ranks"]) == 1 for h in progress.history)
+    assert progress.best == max(h["val_mean_iou"] for h in progress.history)
+    _, meta = load_checkpoint(tmp_path / "best")
+    assert meta.provenance["trained_by"] == "a test" and meta.mean == s.mean
+
+
+def test_train_in_process_stops_at_the_time_limit_and_still_exports(tmp_path, labeled):
+    _, scenes = labeled
+    s = sample_settings(scenes, tmp_path, epochs=50, time_limit_minutes=1e-9)
+    progress = train_in_process(s)
+    (only,) = progress.history
+    assert only["steps"] == 0 and only["time_limit_reached"]
+    assert (tmp_path / "best").exists()

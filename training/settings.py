@@ -1,0 +1,89 @@
+"""The settings of a fine-tuning run, as plain values.
+
+A :class:`TrainSettings` is pickled to every Ray Train worker, so it holds
+values only (paths as strings, no open files or tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .data import LabeledScene
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training worker needs.
+
+    Attributes
+    ----------
+    scenes
+        Labeled scenes; ``split == "train"`` ones are sampled, ``"val"`` ones
+        scored each epoch.
+    classes, colors
+        Class names in class-id order and their RGB colours.
+    bands
+        1-based band indexes, in the order the model takes them.
+    out
+        Run folder: ``best`` and ``best_report.json`` are written there.
+    variant, width
+        The network (:func:`fcnrs.fcn_model.build_model`).
+    window, batch_size
+        Training window edge in pixels and windows per step per worker.
+    epochs, steps_per_epoch
+        Run length; an epoch ends with a report (and, on rank 0, validation).
+    time_limit_minutes
+        Stop cleanly once this much wall time has passed (None: no limit).
+    optimizer, lr
+        ``"adam"`` or ``"sgd"``; None takes the optimizer's default rate.
+    ignore_value
+        A label value the loss ignores (beyond the label file's nodata).
+    rare_class_oversampling
+        0-1, probability of redrawing a window that holds no rare class.
+    brightness
+        Augmentation: gain range ``[1 - b, 1 + b]`` on the raw bands (0: off).
+    init_vgg16, init
+        Starting weights: ImageNet VGG16 or a checkpoint (None: from scratch).
+    seed
+        Seeds the model, and with rank and epoch, the windows.
+    val_tile_size, val_overlap
+        Tiling of the val scenes, as in the nightly job.
+    mean, std
+        Per-band normalisation (from :func:`fcnrs.training.sampling.band_statistics`).
+    trained_by
+        Recorded in the exported checkpoint's provenance.
+    """
+
+    scenes: tuple[LabeledScene, ...]
+    classes: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    bands: tuple[int, ...]
+    out: str
+    variant: str = "fcn8s"
+    width: float = 0.25
+    window: int = 128
+    batch_size: int = 8
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    time_limit_minutes: float | None = None
+    optimizer: str = "adam"
+    lr: float | None = None
+    ignore_value: int | None = None
+    rare_class_oversampling: float = 0.0
+    brightness: float = 0.0
+    init_vgg16: str | None = None
+    init: str | None = None
+    seed: int = 0
+    val_tile_size: int = 512
+    val_overlap: int = 192
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    trained_by: str = "jobs/finetune.py"
+
+    @property
+    def train_scenes(self) -> tuple[LabeledScene, ...]:
+        return tuple(s for s in self.scenes if s.split == "train")
+
+    @property
+    def val_scenes(self) -> tuple[LabeledScene, ...]:
+        return tuple(s for s in self.scenes if s.split == "val")

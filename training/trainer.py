@@ -1,0 +1,125 @@
+"""The fine-tuning job's driver side: settings, the Ray Train run and its report.
+
+:func:`finetune` builds :class:`~fcnrs.training.settings.TrainSettings` from the
+job's arguments (scene table, classes, bands, band statistics), runs
+:func:`~fcnrs.training.loop.train_loop_per_worker` under a ``TorchTrainer``
+(workers, failures and checkpoints kept under ``OUT/ray_results``) and writes
+every epoch's record to ``OUT/report.json``. Re-running with the same ``OUT``
+continues from the last checkpoint Ray Train registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fcnrs.pipeline.reading import open_raster
+
+from .data import LabeledScene, parse_classes, read_scene_table
+from .loop import job_deadline, load_state, train_loop_per_worker
+from .sampling import band_statistics
+from .settings import TrainSettings
+
+log = logging.getLogger("fcnrs.finetune")
+
+#: Checkpoints Ray Train keeps under ``OUT/ray_results`` (the last two epochs').
+CHECKPOINTS_KEPT = 2
+
+
+def default_bands(scenes: tuple[LabeledScene, ...]) -> tuple[int, ...]:
+    """Every band of the first scene, in file order."""
+    with open_raster(scenes[0].image) as src:
+        return tuple(range(1, src.count + 1))
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The run's settings from the job's arguments, with band statistics measured
+    on the training scenes."""
+    out = Path(args.out).resolve()
+    scenes = tuple(read_scene_table(args.scenes))
+    classes = parse_classes(args.classes)
+    bands = tuple(args.bands) if args.bands else default_bands(scenes)
+    settings = TrainSettings(
+        scenes=scenes,
+        classes=classes.names,
+        colors=classes.colors,
+        bands=bands,
+        out=str(out),
+        variant=args.variant,
+        width=args.width,
+        window=args.window,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        time_limit_minutes=args.time_limit,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        ignore_value=args.ignore_value,
+        rare_class_oversampling=args.oversample_rare,
+        brightness=args.brightness,
+        init_vgg16=args.init_vgg16,
+        init=args.init,
+        seed=args.seed,
+    )
+    mean, std = band_statistics(scenes, bands, seed=args.seed)
+    log.info("band mean %s, std %s", [round(v, 1) for v in mean], [round(v, 1) for v in std])
+    return replace(settings, mean=mean, std=std)
+
+
+def make_trainer(settings: TrainSettings, args: argparse.Namespace) -> Any:
+    """A ``TorchTrainer`` running the per-worker loop on ``args.num_workers`` workers,
+    restarting the group up to ``args.max_failures`` times from its last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        # The deadline is set here, once: restarted workers keep the same one.
+        train_loop_config={"settings": settings, "deadline": job_deadline(args.time_limit)},
+        scaling_config=ScalingConfig(
+            num_workers=args.num_workers,
+            use_gpu=args.use_gpu,
+            resources_per_worker={
+                "CPU": args.cpus_per_worker,
+                **({"GPU": 1} if args.use_gpu else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name="finetune",
+            storage_path=str(Path(settings.out) / "ray_results"),
+            failure_config=FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        ),
+    )
+
+
+def write_report(out: str | Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write every epoch's record to ``out/report.json``; return the best export's
+    report (``out/best_report.json``, empty when nothing was exported)."""
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(history, indent=2))
+    best = out / "best_report.json"
+    return json.loads(best.read_text()) if best.exists() else {}
+
+
+def finetune(args: argparse.Namespace) -> int:
+    """The whole job (Ray must be initialised): 0 once ``OUT/best`` exists, else 1."""
+    settings = settings_from_args(args)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = make_trainer(settings, args).fit()
+    history: list[dict[str, Any]] = []
+    if result.checkpoint:
+        with result.checkpoint.as_directory() as d:
+            history = load_state(d).progress.history
+    best = write_report(out, history)
+    print(
+        f"epochs run: {len(history)}; best mean IoU {best.get('mean_iou', float('nan')):.4f} "
+        f"at epoch {best.get('epoch')}; per class {best.get('iou')}"
+    )
+    print(f"best checkpoint: {out / 'best'}")
+    return 0 if (out / "best").exists() else 1
