@@ -28,12 +28,15 @@ from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
 
 
-def whole_scene_labels(scene: Path, model: Path, out: Path) -> np.ndarray:
+def whole_scene_labels(scene: Path, model: Path, out: Path, precision: str) -> np.ndarray:
     """One pass over the whole scene: a single tile whose core is the scene."""
     info = inspect_scene(scene)
     edge = STRIDE * -(-max(info.height, info.width) // STRIDE)
     segment_scene(
-        scene, model=model, out_dir=out, settings=SegmentSettings(tile_size=edge, overlap=0)
+        scene,
+        model=model,
+        out_dir=out,
+        settings=SegmentSettings(tile_size=edge, overlap=0, precision=precision),
     )
     return zarr.open_group(str(out / f"{scene.stem}.zarr"), mode="r")["labels"][:]
 
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tile-size", type=int, default=300)
     p.add_argument("--overlaps", type=int, nargs="+", default=[0, 32, 64, 128, 192, 256])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument(
+        "--model", default=None, help="a trained checkpoint to measure instead of random ones"
+    )
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tiling_agreement_"))
     scene = Path(args.scene) if args.scene else write_large_scene(work / "scene.tif", 1000, 777)
@@ -64,17 +71,21 @@ def main(argv: list[str] | None = None) -> None:
         + " ".join(f"{'seed ' + str(s):>10}" for s in args.seeds)
     )
     results = {ov: [] for ov in args.overlaps}
-    for seed in args.seeds:
+    for seed in [0] if args.model else args.seeds:
         torch.manual_seed(seed)
-        model = save_checkpoint(
-            work / f"m{seed}.safetensors",
-            FCN8s(4, in_channels=len(bands), width=args.width),
-            classes=list("abcd"),
-            bands=bands,
-            mean=mean,
-            std=std,
+        model = (
+            Path(args.model)
+            if args.model
+            else save_checkpoint(
+                work / f"m{seed}.safetensors",
+                FCN8s(4, in_channels=len(bands), width=args.width),
+                classes=list("abcd"),
+                bands=bands,
+                mean=mean,
+                std=std,
+            )
         )
-        whole = whole_scene_labels(scene, model, work / f"whole{seed}")
+        whole = whole_scene_labels(scene, model, work / f"whole{seed}", args.precision)
         valid = whole != NODATA
         shares = np.bincount(whole[valid], minlength=4) / valid.sum()
         print(
@@ -87,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
                 scene,
                 model=model,
                 out_dir=out,
-                settings=SegmentSettings(tile_size=args.tile_size, overlap=ov),
+                settings=SegmentSettings(
+                    tile_size=args.tile_size, overlap=ov, precision=args.precision
+                ),
             )
             stitched = zarr.open_group(str(out / f"{scene.stem}.zarr"), mode="r")["labels"][:]
             results[ov].append(float((stitched[valid] == whole[valid]).mean()))

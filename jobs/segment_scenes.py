@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from fcnrs.fcn_model import FCNModelError, read_meta
 from fcnrs.jobs.options import add_bands, job_main, ray_starter
 from fcnrs.pipeline.distributed import print_summary, run_scenes
+from fcnrs.pipeline.distributed.driver import Engine
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
@@ -53,7 +55,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per model call")
     add_bands(p, "e.g. 4,3,2 (1-based; default: the checkpoint's)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 where the hardware runs it fast (CPU with AVX512-BF16 or AMX, "
+        "CUDA with bf16), fp32 elsewhere; the choice is logged and recorded",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["auto", "ray", "local"],
+        default="auto",
+        help="ray: a Ray cluster (joined under ray job submit, else started locally); "
+        "local: this process on every core, no Ray; auto (default): ray under "
+        "ray job submit (RAY_ADDRESS set), local otherwise",
+    )
     p.add_argument(
         "--num-replicas",
         type=int,
@@ -84,12 +100,20 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads_per_replica,
             run_id=args.run_id,
             start_ray=ray_starter(args.verbose),
+            engine=choose_engine(args.engine),
         )
     except (FCNModelError, OutputError) as exc:
         log.error("%s", exc)
         return 2
     print_summary(report, args.out)
     return report.exit_code()
+
+
+def choose_engine(engine: str) -> Engine:
+    """``auto``: the Ray cluster a ``ray job submit`` runs in, else this process."""
+    if engine == "auto":
+        return "ray" if os.environ.get("RAY_ADDRESS") else "local"
+    return engine  # type: ignore[return-value]
 
 
 main = job_main(sys.modules[__name__])

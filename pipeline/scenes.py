@@ -10,13 +10,13 @@ import glob
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from os import PathLike
 from pathlib import Path
 
 from fcnrs.fcn_model import ModelMeta
 
-from .inference import Precision
+from .inference import Precision, resolve_precision
 from .planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, plan_tiles
 from .reading import SceneInfo, inspect_scene, resolve_bands
 
@@ -61,7 +61,12 @@ class SegmentSettings:
     batch_size: int = 4
     bands: tuple[int, ...] | None = None  # None: the checkpoint's bands
     probabilities: bool = False
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
+
+    def resolved(self, device: str) -> SegmentSettings:
+        """These settings with ``precision="auto"`` replaced by what it stands for
+        on ``device``: outputs record (and skip checks compare) the real one."""
+        return replace(self, precision=resolve_precision(self.precision, device))
 
     def output_settings(self) -> dict[str, object]:
         """The settings that decide the output's bytes (the batch size does not)."""

@@ -14,7 +14,7 @@ from os import PathLike
 
 from fcnrs.fcn_model import checkpoint_digest, read_meta
 
-from .inference import Predictor
+from .inference import Predictor, default_device
 from .planning import plan_batches
 from .reading import TileReader, read_batch
 from .scenes import SegmentSettings, plan_scene
@@ -57,8 +57,9 @@ def segment_scene(
         A loaded :class:`Predictor` to reuse across scenes (loaded from ``model``
         when omitted).
     """
-    settings = settings or SegmentSettings()
     start = time.perf_counter()
+    device = predictor.device.type if predictor else default_device()
+    settings = (settings or SegmentSettings()).resolved(device)
     meta = predictor.meta if predictor else read_meta(model)
     plan = plan_scene(scene, meta=meta, out_dir=out_dir, settings=settings)
     if predictor is None:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from fcnrs.fcn_model import ModelMeta, checkpoint_digest, read_meta
 
 from ..errors import OutputError, SceneError
+from ..inference import default_device
 from ..manifest import (
     ManifestRow,
     ManifestWriter,
@@ -45,9 +46,13 @@ from ..manifest import (
 from ..planning import Tile, plan_batches
 from ..scenes import ScenePlan, SegmentSettings, plan_scene
 from ..writing import StagingGroup, staging_group
+from .local import available_cpus, stream_local
 from .progress import Progress
-from .replicas import ReplicaPlan, plan_replicas
+from .replicas import IO_TASK_CPUS, ReplicaPlan, plan_replicas
 from .stages import PredictStage, encode_tiles, read_stage, write_stage
+
+#: Where a run's batches execute: a Ray cluster, or this process.
+Engine = Literal["ray", "local"]
 
 log = logging.getLogger(__name__)
 
@@ -109,26 +114,51 @@ def run_scenes(
     run_id: str | None = None,
     progress: TextIO | None = sys.stderr,
     start_ray: Callable[[], None] | None = None,
+    engine: Engine = "ray",
 ) -> RunReport:
-    """Segment scenes on the Ray cluster this process is connected to (or one that
-    ``start_ray`` starts or joins, by default ``ray.init()``, and only once a batch
-    needs computing), skipping scenes already done with the same
-    model and settings, resuming interrupted ones, and recording every scene in
-    the manifest.
+    """Segment scenes, skipping scenes already done with the same model and
+    settings, resuming interrupted ones, and recording every scene in the manifest.
+
+    ``engine="ray"`` runs the batches on the Ray cluster this process is connected
+    to, or one that ``start_ray`` starts or joins (by default ``ray.init()``);
+    ``engine="local"`` runs the same stages in this process on every core
+    (:mod:`~fcnrs.pipeline.distributed.local`), with the same output bytes.
 
     Returns the run's manifest rows; one bad scene is recorded as failed and never
     stops the others.
     """
-    run = _start_run(model, out_dir, settings or SegmentSettings(), run_id)
+    settings = settings or SegmentSettings()
+    if engine == "ray":
+        (start_ray or _start_ray)()
+        device = "cuda" if _cluster_resources().get("GPU", 0) else "cpu"
+    else:
+        device = default_device()
+    run = _start_run(model, out_dir, settings.resolved(device), run_id)
     jobs = _prepare_scenes(run, scenes)
     for job in jobs:
         if not job.pending:
             _finish(run, job)
     rows = _batch_rows(run, jobs)
-    replica_batches: Counter[str] = Counter()
-    if rows:
-        (start_ray or _start_ray)()
-        replica_batches = _stream(run, jobs, rows, replicas, threads, progress)
+    if not rows:
+        return RunReport(run.identity.run_id, tuple(run.manifest.rows))
+    if engine == "ray":
+        plan = plan_replicas(_cluster_resources(), replicas=replicas, threads=threads)
+        written = _dataset(rows, run.model, run.settings, plan).iter_rows()
+    else:
+        cpus = available_cpus()
+        plan = ReplicaPlan(1, num_gpus=0, num_cpus=cpus, threads=threads or cpus, device=device)
+        written = stream_local(rows, _predict_stage(run, plan))
+    log.info(
+        "%d batches of %d scenes on %d replica(s) (%s, %s, %d thread(s) each; %s engine)",
+        len(rows),
+        len(jobs),
+        plan.replicas,
+        plan.device,
+        run.settings.precision,
+        plan.threads,
+        engine,
+    )
+    replica_batches = _consume(run, jobs, written, progress)
     return RunReport(run.identity.run_id, tuple(run.manifest.rows), dict(replica_batches))
 
 
@@ -241,29 +271,32 @@ def _start_ray() -> None:
         ray.init(log_to_driver=True)
 
 
-def _stream(
-    run: _Run,
-    jobs: Sequence[SceneJob],
-    rows: list[dict[str, Any]],
-    replicas: int | None,
-    threads: int | None,
-    progress: TextIO | None,
-) -> Counter[str]:
-    """Run the batches through the stages; publish each scene when its last lands."""
+def _cluster_resources() -> dict[str, float]:
     import ray
 
-    plan = plan_replicas(ray.cluster_resources(), replicas=replicas, threads=threads)
-    log.info(
-        "%d batches of %d scenes on %d replica(s) (%s, %d thread(s) each)",
-        len(rows),
-        len(jobs),
-        plan.replicas,
-        plan.device,
-        plan.threads,
+    return ray.cluster_resources()
+
+
+def _predict_stage(run: _Run, plan: ReplicaPlan) -> PredictStage:
+    return PredictStage(
+        run.model,
+        device=plan.device,
+        precision=run.settings.precision,
+        probabilities=run.settings.probabilities,
+        threads=plan.threads,
     )
+
+
+def _consume(
+    run: _Run,
+    jobs: Sequence[SceneJob],
+    written: Iterable[Mapping[str, Any]],
+    progress: TextIO | None,
+) -> Counter[str]:
+    """Account for written batches as they land; publish each scene with its last."""
     bar = Progress(sum(job.pending_tiles for job in jobs), progress) if progress else None
     replica_batches: Counter[str] = Counter()
-    for row in _dataset(rows, run.model, run.settings, plan).iter_rows():
+    for row in written:
         replica_batches[str(row["replica"])] += 1
         job = jobs[int(row["scene_id"])]
         _absorb(job, row)
@@ -321,7 +354,7 @@ def _dataset(rows: list[dict[str, Any]], model: str, settings: SegmentSettings, 
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    io_cpus = 0.5
+    io_cpus = IO_TASK_CPUS
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map(read_stage, num_cpus=io_cpus)
     ds = ds.map(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,21 +99,21 @@ class PredictStage:
     def __init__(
         self, model: str, *, device: str, precision: str, probabilities: bool, threads: int
     ) -> None:
-        import ray
         import torch
 
         torch.set_num_threads(threads)
         if device == "cuda":
             torch.backends.cudnn.benchmark = False  # same kernels every run: same bytes
             torch.backends.cudnn.deterministic = True
-        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+        # Inside a Ray worker ray is imported already; the local engine never needs it.
+        ray = sys.modules.get("ray")
+        on_ray = ray is not None and ray.is_initialized()
+        gpu_ids = ray.get_gpu_ids() if on_ray else []
         if device == "cuda" and not torch.cuda.is_available():
-            log.warning(
-                "Ray assigned GPU %s but torch sees no CUDA device: running on CPU", gpu_ids
-            )
+            log.warning("GPU %s assigned but torch sees no CUDA device: running on CPU", gpu_ids)
             device = "cpu"
         # Which replica did the work: the run summary shows how batches spread.
-        node = ray.util.get_node_ip_address() if ray.is_initialized() else "local"
+        node = ray.util.get_node_ip_address() if on_ray else "local"
         self.replica = f"{node}:{os.getpid()} gpu={gpu_ids}"
         self.predictor = Predictor(
             model, device=device, precision=precision, probabilities=probabilities

@@ -98,6 +98,8 @@ def test_runs_as_a_plain_script(make_scene, make_checkpoint, tmp_path):
             str(scene),
             "--out",
             str(tmp_path / "o"),
+            "--engine",
+            "ray",
         ],
         capture_output=True,
         text=True,
@@ -115,3 +117,12 @@ def test_runs_as_a_plain_script(make_scene, make_checkpoint, tmp_path):
         if line.strip() and " fcnrs" not in line and not line.startswith("tiles ")
     ]
     assert foreign == [], proc.stderr
+
+
+def test_engine_auto_is_ray_under_ray_job_submit_and_local_otherwise(monkeypatch):
+    from fcnrs.jobs.segment_scenes import choose_engine
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert choose_engine("auto") == "local" and choose_engine("ray") == "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert choose_engine("auto") == "ray" and choose_engine("local") == "local"

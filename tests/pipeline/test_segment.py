@@ -21,9 +21,12 @@ def read_labels(out_dir, stem) -> np.ndarray:
     return zarr.open_group(str(out_dir / f"{stem}.zarr"), mode="r")["labels"][:]
 
 
-@pytest.mark.parametrize(("height", "width", "tile_size"), [(1000, 777, 300), (641, 903, 200)])
+@pytest.mark.parametrize(
+    ("height", "width", "tile_size", "precision"),
+    [(1000, 777, 300, "fp32"), (641, 903, 200, "fp32"), (641, 903, 200, "bf16")],
+)
 def test_stitched_labels_equal_a_whole_scene_pass(
-    make_scene, make_checkpoint, tmp_path, height, width, tile_size
+    make_scene, make_checkpoint, tmp_path, height, width, tile_size, precision
 ):
     scene = make_scene(height=height, width=width, mask="nodata")
     ckpt = make_checkpoint()
@@ -31,10 +34,16 @@ def test_stitched_labels_equal_a_whole_scene_pass(
         scene,
         model=ckpt,
         out_dir=tmp_path / "out",
-        settings=SegmentSettings(tile_size=tile_size, batch_size=3),
+        settings=SegmentSettings(tile_size=tile_size, batch_size=3, precision=precision),
     )
     stitched = read_labels(tmp_path / "out", "scene")
-    whole = whole_scene_labels(scene, ckpt)
+    if precision == "fp32":
+        whole = whole_scene_labels(scene, ckpt)  # the independent oracle
+    else:  # the same predictor, one tile whose core is the whole scene
+        edge = 32 * -(-max(height, width) // 32)
+        single = SegmentSettings(tile_size=edge, overlap=0, precision=precision)
+        segment_scene(scene, model=ckpt, out_dir=tmp_path / "whole", settings=single)
+        whole = read_labels(tmp_path / "whole", "scene")
     valid = whole != 255
     assert np.array_equal(stitched == 255, ~valid)
     agreement = (stitched[valid] == whole[valid]).mean()

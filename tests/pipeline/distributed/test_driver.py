@@ -42,10 +42,12 @@ def test_replicas_one_per_gpu_or_fit_the_cpus():
     gpu = plan_replicas({"CPU": 32, "GPU": 4})
     assert (gpu.replicas, gpu.num_gpus, gpu.num_cpus, gpu.device) == (4, 1, 1, "cuda")
     assert plan_replicas({"CPU": 2, "GPU": 2}).num_cpus == 0.5  # room left for reading
+    # A 2-core laptop: one replica computing on both cores, reserving 1.5 so
+    # that two read/write tasks (0.25 CPU each) run beside it.
     small = plan_replicas({"CPU": 2})
-    assert (small.replicas, small.num_cpus, small.threads, small.device) == (1, 1, 1, "cpu")
+    assert (small.replicas, small.num_cpus, small.threads, small.device) == (1, 1.5, 2, "cpu")
     big = plan_replicas({"CPU": 64})
-    assert big.replicas == 6 and big.num_cpus * big.replicas <= 64 - 16
+    assert big.replicas == 8 and big.threads == 8 and big.num_cpus == 7.5
     assert plan_replicas({"CPU": 8}, replicas=3).replicas == 3
 
 
@@ -64,6 +66,19 @@ def test_same_labels_as_one_process_then_skip_then_recompute(
         segment_scene(scene, model=ckpt, out_dir=tmp_path / "ref", settings=SETTINGS)
         ref = tmp_path / "ref" / f"{scene.stem}.zarr"
         assert np.array_equal(labels(out / f"{scene.stem}.zarr"), labels(ref))
+    # The local engine (no Ray, every core in this process) writes the same bytes.
+    local = run_scenes(
+        scenes,
+        model=ckpt,
+        out_dir=tmp_path / "local",
+        settings=SETTINGS,
+        progress=None,
+        engine="local",
+    )
+    assert [r.status for r in local.rows] == ["done", "done"]
+    for scene in scenes:
+        name = f"{scene.stem}.zarr"
+        assert tree_bytes(tmp_path / "local" / name) == tree_bytes(out / name)
     # Rows come in the order scenes finish, which Ray does not fix.
     big = next(r for r in report.rows if r.scene == str(scenes[0]))
     assert big.tiles == 36 and big.valid_pixels == (labels(out / "big.zarr") != 255).sum()
@@ -115,8 +130,10 @@ def test_killed_replica_is_replaced_and_output_is_identical(
     ray_local, make_scene, make_checkpoint, tmp_path
 ):
     scene = make_scene("scene.tif", height=900, width=900, seed=4)
-    ckpt = make_checkpoint()
-    settings = SegmentSettings(tile_size=96, overlap=64, batch_size=1)
+    # A wider network in fp32, so the replica is still busy when it is killed
+    # (with the fast defaults it can finish every batch before the writes catch up).
+    ckpt = make_checkpoint(width=0.5)
+    settings = SegmentSettings(tile_size=96, overlap=64, batch_size=1, precision="fp32")
     out = tmp_path / "out"
     stage = staging_path(out / "scene.zarr")
     killed: list[int] = []
@@ -126,7 +143,7 @@ def test_killed_replica_is_replaced_and_output_is_identical(
         while time.monotonic() < deadline and not killed:
             done = len(list((stage / "labels").glob("*.*"))) if (stage / "labels").exists() else 0
             pids = _predict_actor_pids()
-            if done >= 5 and pids:
+            if done >= 1 and pids:  # the pipeline flows: the replica is mid-scene
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
             time.sleep(0.05)
