@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fcnrs.demo.scenes import random_checkpoint, write_large_scene
+from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 
 CHILD = """
 import json, resource, sys, time
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--width", type=float, default=0.125)
-    p.add_argument("--tile-size", type=int, default=1024)
-    p.add_argument("--overlap", type=int, default=192)
+    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE_SIZE)
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workdir", default=None)
     args = p.parse_args(argv)

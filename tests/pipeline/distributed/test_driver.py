@@ -137,12 +137,15 @@ def test_killed_replica_is_replaced_and_output_is_identical(
     out = tmp_path / "out"
     stage = staging_path(out / "scene.zarr")
     killed: list[int] = []
+    # Replicas of earlier runs in this Ray session may still be shutting down:
+    # only a process that appears during this run is this run's replica.
+    earlier = set(_predict_actor_pids())
 
     def killer():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             done = len(list((stage / "labels").glob("*.*"))) if (stage / "labels").exists() else 0
-            pids = _predict_actor_pids()
+            pids = [pid for pid in _predict_actor_pids() if pid not in earlier]
             if done >= 1 and pids:  # the pipeline flows: the replica is mid-scene
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
@@ -154,8 +157,10 @@ def test_killed_replica_is_replaced_and_output_is_identical(
     thread.join()
     assert killed, "the replica was never killed: the test proved nothing"
     assert report.rows[0].status == "done" and report.rows[0].tiles == 100
-    # A second replica process took over after the first was killed.
-    assert len(report.replica_batches) == 2 and sum(report.replica_batches.values()) == 100
+    # Another replica process took over after the first was killed: the batches
+    # written after the kill came from a process other than the killed one.
+    assert sum(report.replica_batches.values()) == 100
+    assert any(f":{killed[0]} " not in replica for replica in report.replica_batches)
     segment_scene(scene, model=ckpt, out_dir=tmp_path / "ref", settings=settings)
     assert np.array_equal(labels(out / "scene.zarr"), labels(tmp_path / "ref" / "scene.zarr"))
 
