@@ -1,7 +1,8 @@
-"""The driver of a Ray run: plan every scene, stream its batches, publish, record.
+"""The driver of a run: plan every scene, stream its batches, publish, record.
 
 Batches of all scenes stream through the three stages of
-:mod:`~fcnrs.pipeline.distributed.stages`. Ray Data's streaming executor
+:mod:`~fcnrs.pipeline.distributed.stages`, on Ray or, with the local engine
+(:mod:`~fcnrs.pipeline.distributed.local`), in this process. Ray Data's streaming executor
 overlaps the stages and bounds the blocks in flight (backpressure), so replicas
 are fed while memory stays bounded; batches of one huge scene and of many scenes
 spread over every replica alike. The driver consumes the written batches as they
@@ -143,11 +144,11 @@ def run_scenes(
         return RunReport(run.identity.run_id, tuple(run.manifest.rows))
     if engine == "ray":
         plan = plan_replicas(_cluster_resources(), replicas=replicas, threads=threads)
-        written = _dataset(rows, run.model, run.settings, plan).iter_rows()
+        written = _dataset(rows, _predict_args(run, plan), plan).iter_rows()
     else:
         cpus = available_cpus()
         plan = ReplicaPlan(1, num_gpus=0, num_cpus=cpus, threads=threads or cpus, device=device)
-        written = stream_local(rows, _predict_stage(run, plan))
+        written = stream_local(rows, PredictStage(**_predict_args(run, plan)))
     log.info(
         "%d batches of %d scenes on %d replica(s) (%s, %s, %d thread(s) each; %s engine)",
         len(rows),
@@ -277,14 +278,15 @@ def _cluster_resources() -> dict[str, float]:
     return ray.cluster_resources()
 
 
-def _predict_stage(run: _Run, plan: ReplicaPlan) -> PredictStage:
-    return PredictStage(
-        run.model,
-        device=plan.device,
-        precision=run.settings.precision,
-        probabilities=run.settings.probabilities,
-        threads=plan.threads,
-    )
+def _predict_args(run: _Run, plan: ReplicaPlan) -> dict[str, Any]:
+    """What every replica is built from, on either engine."""
+    return {
+        "model": run.model,
+        "device": plan.device,
+        "precision": run.settings.precision,
+        "probabilities": run.settings.probabilities,
+        "threads": plan.threads,
+    }
 
 
 def _consume(
@@ -349,7 +351,7 @@ def _finish(run: _Run, job: SceneJob) -> None:
     run.manifest.add(row)
 
 
-def _dataset(rows: list[dict[str, Any]], model: str, settings: SegmentSettings, plan: ReplicaPlan):
+def _dataset(rows: list[dict[str, Any]], predict_args: dict[str, Any], plan: ReplicaPlan):
     import ray
     from ray.data import DataContext
 
@@ -360,13 +362,7 @@ def _dataset(rows: list[dict[str, Any]], model: str, settings: SegmentSettings, 
     ds = ds.map(
         PredictStage,
         compute=ray.data.ActorPoolStrategy(size=plan.replicas),
-        fn_constructor_kwargs={
-            "model": model,
-            "device": plan.device,
-            "precision": settings.precision,
-            "probabilities": settings.probabilities,
-            "threads": plan.threads,
-        },
+        fn_constructor_kwargs=predict_args,
         num_gpus=plan.num_gpus or None,
         num_cpus=plan.num_cpus,
         # Ray Data's actor pools restart a replica that dies (killed, out of
