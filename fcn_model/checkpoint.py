@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -200,8 +200,9 @@ def save_checkpoint(
         "meta": meta.to_json(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Created by save_file, so with the process umask (mkstemp's are 0600, which
+    # hides a checkpoint from the other users of a shared file system).
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         save_file(tensors, tmp, metadata=header)
         os.replace(tmp, path)

@@ -20,3 +20,11 @@ class SceneError(PipelineError, ValueError):
 
 class OutputError(PipelineError, OSError):
     """An output location is unusable (bad path, or not this pipeline's output)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was asked to stop (SIGTERM, as ``ray job stop`` sends, or SIGINT)."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

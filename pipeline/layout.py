@@ -150,11 +150,15 @@ def has_identity(attrs: Mapping[str, Any] | None, ident: Mapping[str, Any]) -> b
     return attrs is not None and all(attrs.get(k) == v for k, v in ident.items())
 
 
+def is_ours_attrs(attrs: Mapping[str, Any] | None) -> bool:
+    """Whether group attributes carry this project's output-format marker (a
+    published label raster, or a staging group being written)."""
+    return attrs is not None and attrs.get("format") == OUTPUT_FORMAT
+
+
 def is_complete_attrs(attrs: Mapping[str, Any] | None) -> bool:
     """Whether group attributes mark a complete label raster of this project."""
-    return (
-        attrs is not None and attrs.get("format") == OUTPUT_FORMAT and attrs.get("complete") is True
-    )
+    return is_ours_attrs(attrs) and attrs.get("complete") is True
 
 
 def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 ``<out>/manifest/`` is a Parquet dataset (one file per run,
 ``run-<run id>.parquet``) that says, for every run, what happened to each scene
-(``done``, ``skipped`` or ``failed``) and why, with timings, tile and pixel
+(``done``, ``skipped``, ``failed``, or ``interrupted`` when the run itself was
+stopped) and why, with timings, tile and pixel
 counts, the model's and the settings' digests, and the source file's size and
 modification time. pyarrow, pandas and DuckDB read the folder as one table::
 
@@ -18,7 +19,8 @@ folder's history grows.
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from os import PathLike
@@ -31,7 +33,20 @@ import pyarrow.parquet as pq
 from .scenes import ScenePlan
 
 MANIFEST_DIR = "manifest"
-Status = Literal["done", "skipped", "failed"]
+Status = Literal["done", "skipped", "failed", "interrupted"]
+
+#: What a run id may hold: it names a file in ``<out>/manifest/``, never a path.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is safe as part of a file name, else ValueError saying why."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return run_id
 
 
 @dataclass(frozen=True)
@@ -98,9 +113,11 @@ def failed_row(
     started_at: str,
     seconds: float,
     tiles_predicted: int = 0,
+    status: Status = "failed",
 ) -> ManifestRow:
-    """A scene that failed (``plan`` is None when it failed before it was planned)."""
-    return _row(run, scene, "failed", error, plan, started_at, seconds, tiles_predicted, 0)
+    """A scene the run did not finish: ``failed``, or ``interrupted`` when the run
+    was stopped (``plan`` is None when it ended before it was planned)."""
+    return _row(run, scene, status, error, plan, started_at, seconds, tiles_predicted, 0)
 
 
 def skipped_row(
@@ -177,15 +194,15 @@ class ManifestWriter:
     """Collects one run's rows and keeps ``<out>/manifest/run-<id>.parquet`` current."""
 
     def __init__(self, out_dir: str | PathLike[str], run_id: str) -> None:
-        self.path = manifest_dir(out_dir) / f"run-{run_id}.parquet"
+        self.path = manifest_dir(out_dir) / f"run-{check_run_id(run_id)}.parquet"
         self.rows: list[ManifestRow] = []
 
     def add(self, row: ManifestRow) -> None:
         self.rows.append(row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist([asdict(r) for r in self.rows], schema=SCHEMA)
-        fd, tmp = tempfile.mkstemp(prefix=".run.", suffix=".parquet", dir=self.path.parent)
-        os.close(fd)
+        # Created by the writer, so with the process umask (mkstemp's are 0600).
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         try:
             pq.write_table(table, tmp, compression="zstd")
             os.replace(tmp, self.path)

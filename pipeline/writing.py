@@ -59,6 +59,27 @@ def is_complete(path: str | PathLike[str]) -> bool:
     return layout.is_complete_attrs(read_attrs(path))
 
 
+def check_ours(path: Path) -> None:
+    """Raise :class:`OutputError` if ``path`` exists and is not a folder this
+    project wrote (it carries the output-format marker): the project never
+    replaces or deletes anything else, and never follows a link."""
+    if path.is_symlink() or (
+        path.exists() and not (path.is_dir() and layout.is_ours_attrs(read_attrs(path)))
+    ):
+        raise OutputError(
+            f"{path} exists and is not a label raster of this project (no "
+            f"{layout.OUTPUT_FORMAT!r} format marker); it was left untouched: move it "
+            "away or write to another --out"
+        )
+
+
+def _remove_ours(path: Path) -> None:
+    """Delete a folder this project wrote; refuse anything else."""
+    check_ours(path)
+    if path.exists():
+        shutil.rmtree(path)
+
+
 class ChunkWriter:
     """Writes tile cores into an existing staging group: what a worker needs, and
     all it needs (the path), so it can run in any process of a cluster."""
@@ -143,12 +164,23 @@ class StagingGroup:
             return attrs
         return None
 
+    def check_ours(self) -> None:
+        """Raise :class:`OutputError` if the destination, the staging group or the
+        previous-output folder exists and is not this project's."""
+        for path in (self.final, self.stage, self._old()):
+            check_ours(path)
+
+    def _old(self) -> Path:
+        return self.final.with_name(f".{self.final.name}.old")
+
     def create(self) -> None:
         """Start a fresh staging group (discarding any earlier partial one)."""
-        if self.stage.exists():
-            shutil.rmtree(self.stage)
+        _remove_ours(self.stage)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        root = zarr.open_group(str(self.stage), mode="w", zarr_format=2)
+        # The format marker goes first, with the group itself: whatever stops this
+        # run, the folder it leaves is recognisably this project's to replace.
+        marker = {"format": layout.OUTPUT_FORMAT, "complete": False}
+        root = zarr.open_group(str(self.stage), mode="w", zarr_format=2, attributes=marker)
         info = self.info
         chunks = (min(self.grid.tile_size, info.height), min(self.grid.tile_size, info.width))
         labels = root.create_array(
@@ -175,7 +207,7 @@ class StagingGroup:
         _write_georeferencing(root, info)
         # What the chunks are a function of, so a later run can tell whether this
         # staging group can be resumed; "complete" stays false until publish().
-        root.attrs.update({**self.identity, "complete": False})
+        root.attrs.update(self.identity)
 
     def resume_or_create(self) -> set[tuple[int, int]]:
         """Reuse a staging group left by an interrupted run of the same model,
@@ -212,14 +244,13 @@ class StagingGroup:
             )
         )
         zarr.consolidate_metadata(str(self.stage), zarr_format=2)
-        old = self.final.with_name(f".{self.final.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
+        old = self._old()
+        _remove_ours(old)
+        check_ours(self.final)  # replace only an output of this project
         if self.final.exists():
             os.replace(self.final, old)
         os.replace(self.stage, self.final)
-        if old.exists():
-            shutil.rmtree(old)
+        _remove_ours(old)
         return self.final
 
 

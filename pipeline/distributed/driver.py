@@ -1,29 +1,33 @@
 """The driver of a run: plan every scene, stream its batches, publish, record.
 
-Batches of all scenes stream through the three stages of
-:mod:`~fcnrs.pipeline.distributed.stages`, on Ray or, with the local engine
-(:mod:`~fcnrs.pipeline.distributed.local`), in this process. Ray Data's streaming executor
-overlaps the stages and bounds the blocks in flight (backpressure), so replicas
-are fed while memory stays bounded; batches of one huge scene and of many scenes
-spread over every replica alike. The driver consumes the written batches as they
-stream back, shows progress, and publishes a scene (metadata and completion
-marker last) as soon as its last batch lands.
+Batches of all scenes flow through the three stages of
+:mod:`~fcnrs.pipeline.distributed.stages` on an engine: Ray
+(:mod:`~fcnrs.pipeline.distributed.ray_engine`: replicas as actors, reads and
+writes as tasks) or this process (:mod:`~fcnrs.pipeline.distributed.local`).
+The driver keeps each engine fed with a bounded number of batches (backpressure:
+memory stays bounded, replicas stay busy), consumes what lands, shows progress,
+and publishes a scene (metadata and completion marker last) as soon as its last
+batch lands.
 
-Faults: a killed actor is restarted by Ray and its batch retried (Ray Data's
-actor pools default to unlimited restarts and task retries); a re-run after the
-driver itself was killed resumes each scene's staging group and recomputes only
-the batches not yet on disk. Planned batches are a pure function of the scene
-and settings, so the model sees the same batches either way and the output
-bytes are the same.
+A night always finishes. Every failure of a batch, an exception or the death of
+a process, comes back as a :class:`~.retries.Failure`; the batch is retried a
+bounded number of times (split in two where the failure looks like memory),
+then its scene fails, naming its tile windows, its remaining batches are
+dropped, and every other scene goes on. A stopped driver (SIGTERM, as ``ray job
+stop`` sends, or Ctrl-C) records every unfinished scene as ``interrupted``; its
+staging groups stay, and a re-run recomputes only the batches not on disk.
+Planned batches are a pure function of the scene and settings, so the output
+bytes are the same whichever way a scene got done.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,12 +37,14 @@ from typing import Any, Literal, TextIO
 
 from fcnrs.fcn_model import ModelMeta, checkpoint_digest, read_meta
 
-from ..errors import OutputError, SceneError
+from ..errors import Interrupted, OutputError, SceneError
 from ..inference import default_device
 from ..manifest import (
     ManifestRow,
     ManifestWriter,
     RunIdentity,
+    Status,
+    check_run_id,
     done_row,
     failed_row,
     now,
@@ -47,10 +53,12 @@ from ..manifest import (
 from ..planning import Tile, plan_batches
 from ..scenes import ScenePlan, SegmentSettings, plan_scene
 from ..writing import StagingGroup, staging_group
-from .local import available_cpus, stream_local
+from .local import LocalEngine, available_cpus
 from .progress import Progress
-from .replicas import IO_TASK_CPUS, ReplicaPlan, plan_replicas
-from .stages import PredictStage, encode_tiles, read_stage, write_stage
+from .ray_engine import RayEngine
+from .replicas import ReplicaPlan, plan_replicas
+from .retries import DEFAULT_RETRIES, Failure, WorkItem, after_failure, give_up
+from .stages import PredictStage, encode_tiles
 
 #: Where a run's batches execute: a Ray cluster, or this process.
 Engine = Literal["ray", "local"]
@@ -60,22 +68,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SceneJob:
-    """One scene being segmented: its plan, staging group and batches still due."""
+    """One scene being segmented: its plan, staging group and tiles still due."""
 
     scene: str
     plan: ScenePlan
     group: StagingGroup
-    batches: list[tuple[Tile, ...]]
-    pending: set[int]
+    batches: list[tuple[Tile, ...]]  # those still to run, in order
+    pending: set[tuple[int, int]]  # tiles not yet written by this run
     valid_pixels: int = 0  # of the tiles written so far, resumed ones included
     predicted: int = 0
     failed: str = ""
+    closed: bool = False  # recorded in the manifest: nothing more happens to it
     started: float = field(default_factory=time.perf_counter)
     started_at: str = field(default_factory=now)
-
-    @property
-    def pending_tiles(self) -> int:
-        return sum(len(self.batches[b]) for b in self.pending)
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,17 @@ class RunReport:
     run_id: str
     rows: tuple[ManifestRow, ...]
     replica_batches: dict[str, int] = field(default_factory=dict)
+    interrupted: str | None = None  # the signal that stopped the run
 
     @property
     def failed(self) -> list[ManifestRow]:
         return [r for r in self.rows if r.status == "failed"]
 
     def exit_code(self) -> int:
+        """0: every scene done or skipped; 1: a scene failed; 130 or 143: stopped
+        by SIGINT or SIGTERM (128 + the signal, as a shell reports it)."""
+        if self.interrupted:
+            return 128 + int(getattr(signal, self.interrupted, signal.SIGINT))
         return 1 if self.failed else 0
 
 
@@ -102,6 +112,11 @@ class _Run:
     settings: SegmentSettings
     out_dir: Path
     manifest: ManifestWriter
+    recorded: set[str] = field(default_factory=set)
+
+    def record(self, row: ManifestRow) -> None:
+        self.recorded.add(row.scene)
+        self.manifest.add(row)
 
 
 def run_scenes(
@@ -116,6 +131,7 @@ def run_scenes(
     progress: TextIO | None = sys.stderr,
     start_ray: Callable[[], None] | None = None,
     engine: Engine = "ray",
+    retries: int = DEFAULT_RETRIES,
 ) -> RunReport:
     """Segment scenes, skipping scenes already done with the same model and
     settings, resuming interrupted ones, and recording every scene in the manifest.
@@ -124,42 +140,44 @@ def run_scenes(
     to, or one that ``start_ray`` starts or joins (by default ``ray.init()``);
     ``engine="local"`` runs the same stages in this process on every core
     (:mod:`~fcnrs.pipeline.distributed.local`), with the same output bytes.
+    A failed batch is retried ``retries`` times before its scene fails.
 
-    Returns the run's manifest rows; one bad scene is recorded as failed and never
-    stops the others.
+    Returns the run's manifest rows: one per scene, whatever happened. One bad
+    scene is recorded as failed and never stops the others; a stopped run
+    (:class:`~fcnrs.pipeline.errors.Interrupted`, KeyboardInterrupt) records the
+    unfinished scenes as ``interrupted`` and returns.
     """
     settings = settings or SegmentSettings()
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more, not {retries}")
+    scenes = [str(s) for s in scenes]
     if engine == "ray":
         (start_ray or _start_ray)()
         device = "cuda" if _cluster_resources().get("GPU", 0) else "cpu"
     else:
         device = default_device()
     run = _start_run(model, out_dir, settings.resolved(device), run_id)
-    jobs = _prepare_scenes(run, scenes)
-    for job in jobs:
-        if not job.pending:
-            _finish(run, job)
-    rows = _batch_rows(run, jobs)
-    if not rows:
-        return RunReport(run.identity.run_id, tuple(run.manifest.rows))
-    if engine == "ray":
-        plan = plan_replicas(_cluster_resources(), replicas=replicas, threads=threads)
-        written = _dataset(rows, _predict_args(run, plan), plan).iter_rows()
-    else:
-        cpus = available_cpus()
-        plan = ReplicaPlan(1, num_gpus=0, num_cpus=cpus, threads=threads or cpus, device=device)
-        written = stream_local(rows, PredictStage(**_predict_args(run, plan)))
-    log.info(
-        "%d batches of %d scenes on %d replica(s) (%s, %s, %d thread(s) each; %s engine)",
-        len(rows),
-        len(jobs),
-        plan.replicas,
-        plan.device,
-        run.settings.precision,
-        plan.threads,
-        engine,
-    )
-    replica_batches = _consume(run, jobs, written, progress)
+    jobs: list[SceneJob] = []
+    replica_batches: Counter[str] = Counter()
+    try:
+        jobs = _prepare_scenes(run, scenes)
+        for job in jobs:
+            if not job.pending:
+                _finish(run, job)
+        if any(not job.closed for job in jobs):
+            runner = _engine(run, engine, device, replicas, threads)
+            try:
+                _drive(run, jobs, runner, progress, retries, replica_batches)
+            finally:
+                runner.close()
+    except KeyboardInterrupt as exc:
+        name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+        log.error("stopped by %s: unfinished scenes are recorded as interrupted", name)
+        _close_out(run, scenes, jobs, "interrupted", f"stopped by {name}; a re-run resumes it")
+        return RunReport(run.identity.run_id, tuple(run.manifest.rows), dict(replica_batches), name)
+    except BaseException as exc:
+        _close_out(run, scenes, jobs, "failed", f"the run stopped: {type(exc).__name__}: {exc}")
+        raise
     return RunReport(run.identity.run_id, tuple(run.manifest.rows), dict(replica_batches))
 
 
@@ -170,6 +188,9 @@ def _start_run(
     run_id: str | None,
 ) -> _Run:
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    check_run_id(run_id)
+    if "://" in str(out_dir):
+        raise OutputError(f"{out_dir}: --out must be a local or mounted folder, not a URL.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: --out must be a folder, and this is a file.")
@@ -179,25 +200,25 @@ def _start_run(
     return _Run(identity, model, meta, settings, out_dir, ManifestWriter(out_dir, run_id))
 
 
-def _prepare_scenes(run: _Run, scenes: Iterable[str | PathLike[str]]) -> list[SceneJob]:
+def _prepare_scenes(run: _Run, scenes: Iterable[str]) -> list[SceneJob]:
     """Plan each scene; record the skipped and the failed; resume or create the rest."""
     jobs: list[SceneJob] = []
     seen: dict[Path, str] = {}
     for scene in scenes:
         t0, started_at = time.perf_counter(), now()
         try:
-            job = _prepare_scene(run, str(scene), seen, t0, started_at)
+            job = _prepare_scene(run, scene, seen, t0, started_at)
         except Exception as exc:
             log.error("FAILED %s (recorded, other scenes go on)", exc)
             row = failed_row(
                 run.identity,
-                str(scene),
+                scene,
                 str(exc),
                 plan=None,
                 started_at=started_at,
                 seconds=time.perf_counter() - t0,
             )
-            run.manifest.add(row)
+            run.record(row)
             continue
         if job is not None:
             jobs.append(job)
@@ -218,6 +239,7 @@ def _prepare_scene(
     group = staging_group(
         plan, meta=run.meta, model_digest=run.identity.model_digest, settings=run.settings
     )
+    group.check_ours()  # a folder we did not write fails the scene now, untouched
     published = group.published()
     if published is not None:
         row = skipped_row(
@@ -228,41 +250,23 @@ def _prepare_scene(
             started_at=started_at,
             seconds=time.perf_counter() - t0,
         )
-        run.manifest.add(row)
+        run.record(row)
         return None
     done = group.resume_or_create()
     batches = plan_batches(plan.grid, run.settings.batch_size)
-    pending = {b for b, batch in enumerate(batches) if not all(t.index in done for t in batch)}
-    job = SceneJob(scene, plan, group, batches, pending, started=t0, started_at=started_at)
+    due = [batch for batch in batches if not all(t.index in done for t in batch)]
+    pending = {t.index for batch in due for t in batch}
+    job = SceneJob(scene, plan, group, due, pending, started=t0, started_at=started_at)
     if done:
-        resumed = [t for t in plan.grid if t.index in done]
+        resumed = [t for t in plan.grid if t.index not in pending]
         job.valid_pixels = group.chunks().count_valid(t.core for t in resumed)
         log.info(
             "%s: resuming, %d of %d batches already on disk",
             scene,
-            len(batches) - len(pending),
+            len(batches) - len(due),
             len(batches),
         )
     return job
-
-
-def _batch_rows(run: _Run, jobs: Sequence[SceneJob]) -> list[dict[str, Any]]:
-    """One row per pending batch: what the read stage needs, as plain values."""
-    return [
-        {
-            "scene_id": sid,
-            "batch_id": b,
-            "scene": job.scene,
-            "output": str(job.plan.output),
-            "bands": list(job.plan.bands),
-            "mean": list(run.meta.mean),
-            "std": list(run.meta.std),
-            "tiles": encode_tiles(job.batches[b]),
-            "probabilities": run.settings.probabilities,
-        }
-        for sid, job in enumerate(jobs)
-        for b in sorted(job.pending)
-    ]
 
 
 def _start_ray() -> None:
@@ -278,6 +282,33 @@ def _cluster_resources() -> dict[str, float]:
     return ray.cluster_resources()
 
 
+def _node_resources() -> list[dict[str, float]]:
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _engine(
+    run: _Run, engine: Engine, device: str, replicas: int | None, threads: int | None
+) -> LocalEngine | RayEngine:
+    if engine == "ray":
+        plan = plan_replicas(_node_resources(), replicas=replicas, threads=threads)
+        runner: LocalEngine | RayEngine = RayEngine(plan, _predict_args(run, plan))
+    else:
+        cpus = available_cpus()
+        plan = ReplicaPlan(1, num_gpus=0, num_cpus=cpus, threads=threads or cpus, device=device)
+        runner = LocalEngine(PredictStage(**_predict_args(run, plan)))
+    log.info(
+        "%d replica(s) (%s, %s, %d thread(s) each; %s engine)",
+        plan.replicas,
+        plan.device,
+        run.settings.precision,
+        plan.threads,
+        engine,
+    )
+    return runner
+
+
 def _predict_args(run: _Run, plan: ReplicaPlan) -> dict[str, Any]:
     """What every replica is built from, on either engine."""
     return {
@@ -289,39 +320,86 @@ def _predict_args(run: _Run, plan: ReplicaPlan) -> dict[str, Any]:
     }
 
 
-def _consume(
+def _row(run: _Run, job: SceneJob, item: WorkItem) -> dict[str, Any]:
+    """What the read stage needs for an item, as plain values."""
+    return {
+        "scene": job.scene,
+        "output": str(job.plan.output),
+        "bands": list(job.plan.bands),
+        "mean": list(run.meta.mean),
+        "std": list(run.meta.std),
+        "tiles": encode_tiles(item.tiles),
+        "probabilities": run.settings.probabilities,
+    }
+
+
+def _drive(
     run: _Run,
     jobs: Sequence[SceneJob],
-    written: Iterable[Mapping[str, Any]],
+    engine: LocalEngine | RayEngine,
     progress: TextIO | None,
-) -> Counter[str]:
-    """Account for written batches as they land; publish each scene with its last."""
-    bar = Progress(sum(job.pending_tiles for job in jobs), progress) if progress else None
-    replica_batches: Counter[str] = Counter()
-    for row in written:
-        replica_batches[str(row["replica"])] += 1
-        job = jobs[int(row["scene_id"])]
-        _absorb(job, row)
-        if bar:
-            batch = job.batches[int(row["batch_id"])]
-            bar.update(len(batch), sum(t.core.height * t.core.width for t in batch))
-        if not job.pending:
-            _finish(run, job)
-    return replica_batches
+    retries: int,
+    replica_batches: Counter[str],
+) -> None:
+    """Feed the engine, account for what lands, retry or fail what fails, and
+    publish each scene with its last batch."""
+    open_jobs = [job for job in jobs if not job.closed]
+    bar = Progress(sum(len(job.pending) for job in open_jobs), progress) if progress else None
+    queue = deque(
+        WorkItem(sid, batch)
+        for sid, job in enumerate(jobs)
+        if not job.closed
+        for batch in job.batches
+    )
+    while any(not job.closed for job in jobs):
+        while queue and engine.room() > 0 and not engine.broken:
+            item = queue.popleft()
+            if not jobs[item.scene_id].closed:  # a failed scene's batches are dropped
+                engine.submit(item, _row(run, jobs[item.scene_id], item))
+        if engine.broken:
+            for job in jobs:
+                if not job.closed:
+                    job.failed = f"{job.scene}: {engine.broken}"
+                    _finish(run, job)
+            return
+        for item, result in engine.poll(timeout=0.5):
+            job = jobs[item.scene_id]
+            if job.closed:
+                continue
+            if isinstance(result, Failure):
+                again = after_failure(item, result, retries)
+                if again:
+                    log.warning(
+                        "%s: tile(s) %s failed (%s); retrying%s",
+                        job.scene,
+                        item.windows(),
+                        result.reason,
+                        " in smaller batches" if len(again) > 1 else "",
+                    )
+                    queue.extendleft(reversed(again))  # retried first: a bad scene fails fast
+                    continue
+                job.failed = give_up(job.scene, item, result)
+                if bar:
+                    bar.drop(len(job.pending))
+                _finish(run, job)
+                continue
+            replica_batches[str(result["replica"])] += 1
+            _absorb(job, item, result)
+            if bar:
+                bar.update(len(item.tiles), sum(t.core.height * t.core.width for t in item.tiles))
+            if not job.pending:
+                _finish(run, job)
 
 
-def _absorb(job: SceneJob, row: Mapping[str, Any]) -> None:
-    """Account for one written batch of a scene."""
-    job.pending.discard(int(row["batch_id"]))
-    job.predicted += int(row["predicted"])
-    job.valid_pixels += int(row["valid_pixels"])
-    if row["error"] and not job.failed:
-        job.failed = str(row["error"])
-        log.error("FAILED %s (recorded, other scenes go on)", job.failed)
+def _absorb(job: SceneJob, item: WorkItem, summary: Mapping[str, Any]) -> None:
+    """Account for one written item of a scene."""
+    job.pending.difference_update(t.index for t in item.tiles)
+    job.predicted += int(summary["predicted"])
+    job.valid_pixels += int(summary["valid_pixels"])
 
 
 def _finish(run: _Run, job: SceneJob) -> None:
-    """Publish a scene whose batches are all written, and record it."""
+    """Publish a scene whose tiles are all written, or record why it failed."""
     if not job.failed:
         try:
             job.group.publish(job.valid_pixels)
@@ -329,6 +407,7 @@ def _finish(run: _Run, job: SceneJob) -> None:
             job.failed = f"{job.scene}: could not publish {job.plan.output} ({exc})"
     seconds = time.perf_counter() - job.started
     if job.failed:
+        log.error("FAILED %s (recorded, other scenes go on)", job.failed)
         row = failed_row(
             run.identity,
             job.scene,
@@ -348,25 +427,27 @@ def _finish(run: _Run, job: SceneJob) -> None:
             started_at=job.started_at,
             seconds=seconds,
         )
-    run.manifest.add(row)
+    job.closed = True
+    run.record(row)
 
 
-def _dataset(rows: list[dict[str, Any]], predict_args: dict[str, Any], plan: ReplicaPlan):
-    import ray
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    io_cpus = IO_TASK_CPUS
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map(read_stage, num_cpus=io_cpus)
-    ds = ds.map(
-        PredictStage,
-        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
-        fn_constructor_kwargs=predict_args,
-        num_gpus=plan.num_gpus or None,
-        num_cpus=plan.num_cpus,
-        # Ray Data's actor pools restart a replica that dies (killed, out of
-        # memory, node lost) and retry its batch: max_restarts=-1 and
-        # max_task_retries=-1 are its defaults, and a test kills one to prove it.
-    )
-    return ds.map(write_stage, num_cpus=io_cpus)
+def _close_out(
+    run: _Run, scenes: Sequence[str], jobs: Sequence[SceneJob], status: Status, reason: str
+) -> None:
+    """Give every scene without a row one: the manifest is complete whatever happens."""
+    plans = {job.scene: job for job in jobs}
+    for scene in scenes:
+        if scene in run.recorded:
+            continue
+        job = plans.get(scene)
+        row = failed_row(
+            run.identity,
+            scene,
+            reason,
+            plan=job.plan if job else None,
+            started_at=job.started_at if job else now(),
+            seconds=time.perf_counter() - job.started if job else 0.0,
+            tiles_predicted=job.predicted if job else 0,
+            status=status,
+        )
+        run.record(row)

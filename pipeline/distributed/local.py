@@ -3,25 +3,28 @@
 On one machine Ray's fixed costs (starting the cluster, an actor, shipping every
 batch through the object store) are paid in full on every run, and its CPU
 accounting keeps a core back for reads and writes that need a fraction of one.
-Here the stages run as a small thread pipeline instead: a read-ahead thread
-(GDAL releases the GIL while it decodes), the model on every core in the calling
-thread, and a write thread (zstd and file writes release it too). The stage
-functions are the Ray engine's own, so the output bytes are the same.
+Here the stages run as a small thread pipeline instead: a read thread (GDAL
+releases the GIL while it decodes), a model thread on every core, and a write
+thread (zstd and file writes release it too), each stage's batches in order. The
+stage functions are the Ray engine's own, so the output bytes are the same, and
+so are the failures the driver sees.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Iterable, Iterator
+import queue
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .stages import PredictStage, read_stage, write_stage
+from .retries import Failure, WorkItem
+from .stages import PredictStage, close_cached, read_stage, write_stage
 
-#: Batches read ahead of the model: enough that it never waits for a read, few
-#: enough that memory holds a handful of batches whatever the scene size.
-READ_AHEAD = 2
+#: Batches in the pipeline at once: one being read, one in the model, one being
+#: written, so the model never waits, and memory holds three batches whatever
+#: the scene size.
+DEPTH = 3
 
 
 def available_cpus() -> int:
@@ -32,35 +35,60 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def stream_local(
-    rows: Iterable[dict[str, Any]], predict: PredictStage, *, read_ahead: int = READ_AHEAD
-) -> Iterator[dict[str, Any]]:
-    """Read, predict and write every row; yield each write summary as it lands."""
-    rows = iter(rows)
-    with (
-        ThreadPoolExecutor(1, "fcnrs-read") as reader,
-        ThreadPoolExecutor(1, "fcnrs-write") as writer,
-    ):
-        reads: deque[Future] = deque(reader.submit(read_stage, r) for r in _take(rows, read_ahead))
-        writes: deque[Future] = deque()
-        while reads:
-            batch = reads.popleft().result()
-            for row in _take(rows, 1):
-                reads.append(reader.submit(read_stage, row))
-            writes.append(writer.submit(write_stage, predict(batch)))
-            while writes and writes[0].done():
-                yield writes.popleft().result()
-            if len(writes) > read_ahead:  # the writer fell behind: wait, bounding memory
-                yield writes.popleft().result()
-        while writes:
-            yield writes.popleft().result()
+class LocalEngine:
+    """Runs work items through read, predict and write threads; :meth:`poll`
+    returns each item's write summary, or its :class:`Failure`."""
 
+    name = "local"
+    broken: str | None = None  # the replica is this process: it never goes missing
 
-def _take(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    out = []
-    for _ in range(n):
-        row = next(rows, None)
-        if row is None:
-            break
-        out.append(row)
-    return out
+    def __init__(self, predict: PredictStage, *, depth: int = DEPTH) -> None:
+        self.depth = depth
+        self.stages: list[tuple[ThreadPoolExecutor, Callable[[Any], Any]]] = [
+            (ThreadPoolExecutor(1, f"fcnrs-{name}"), fn)
+            for name, fn in (("read", read_stage), ("predict", predict), ("write", write_stage))
+        ]
+        self.done: queue.SimpleQueue[tuple[WorkItem, Any]] = queue.SimpleQueue()
+        self.in_flight = 0
+
+    def room(self) -> int:
+        return self.depth - self.in_flight
+
+    def submit(self, item: WorkItem, row: dict[str, Any]) -> None:
+        self.in_flight += 1
+        self._run(item, 0, row)
+
+    def _run(self, item: WorkItem, stage: int, row: dict[str, Any]) -> None:
+        pool, fn = self.stages[stage]
+        pool.submit(fn, row).add_done_callback(lambda f: self._then(item, stage, f))
+
+    def _then(self, item: WorkItem, stage: int, future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self.done.put((item, Failure.from_exception(exc)))
+        elif stage + 1 < len(self.stages):
+            self._run(item, stage + 1, future.result())
+        else:
+            self.done.put((item, future.result()))
+
+    def poll(self, timeout: float) -> list[tuple[WorkItem, Any]]:
+        """Finished items: waits up to ``timeout`` seconds for the first."""
+        if not self.in_flight:
+            return []
+        try:
+            out = [self.done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                out.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        self.in_flight -= len(out)
+        return out
+
+    def close(self) -> None:
+        for pool, _ in self.stages:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if not self.in_flight:  # else a stage may still use a reader (an interrupted run)
+            close_cached()

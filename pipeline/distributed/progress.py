@@ -33,6 +33,10 @@ class Progress:
             )
             self.stream.flush()
 
+    def drop(self, tiles: int) -> None:
+        """Tiles that will not be done after all (their scene failed)."""
+        self.total -= tiles
+
     def line(self) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         rate = self.done_pixels / elapsed / 1e6
@@ -56,6 +60,9 @@ def print_summary(report: RunReport, out: str, stream: TextIO | None = None) -> 
     for replica, batches in sorted(report.replica_batches.items()):
         w(f"replica {replica}: {batches} batches\n")
     counts = Counter(r.status for r in report.rows)
-    w(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed\n")
+    w(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    w(f", {counts['interrupted']} interrupted\n" if counts["interrupted"] else "\n")
     for r in report.failed:
         w(f"  failed: {r.error}\n")
+    if report.interrupted:
+        w(f"stopped by {report.interrupted}: a re-run resumes the interrupted scenes\n")

@@ -1,15 +1,17 @@
 """The three stages of the Ray pipeline, and the rows that flow between them.
 
 A row is one planned batch of one scene (:func:`~fcnrs.pipeline.planning.plan_batches`),
-as a dict of plain values and numpy arrays (what Ray Data ships between stages):
+as a dict of plain values and numpy arrays (what Ray ships between stages):
 
 1. :func:`read_stage` (Ray tasks, CPU): windowed reads of the batch's tiles;
-2. :class:`PredictStage` (an actor pool): one model replica per actor, pinned to
+2. :class:`PredictStage` (Ray actors): one model replica per actor, pinned to
    one GPU (``num_gpus=1``) or to CPU threads where there is no GPU;
 3. :func:`write_stage` (Ray tasks, CPU): each tile core into its own Zarr chunk.
 
 The stages are module-level (Ray ships them by reference) and plain callables,
-so they can be called directly, with no cluster, in tests.
+so the local engine and tests call them directly, with no cluster. Each raises
+a :class:`~fcnrs.pipeline.distributed.retries.StageError` naming itself when
+anything goes wrong; the driver decides what happens next.
 """
 
 from __future__ import annotations
@@ -17,30 +19,61 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import SceneError
 from ..inference import Predictor
 from ..planning import Tile, Window
 from ..reading import TileReader, read_batch
 from ..writing import ChunkWriter, staging_path
+from .retries import guarded
 
 log = logging.getLogger(__name__)
 
-# Per-process caches: a worker reuses one reader per scene and one writer per
-# staging group across the batches it handles.
-_READERS: dict[str, TileReader] = {}
-_WRITERS: dict[str, ChunkWriter] = {}
+
+class _Recent:
+    """The few objects of a kind a worker used last, keyed; the one it drops is
+    closed. Batches come scene by scene, so two readers serve a whole run while
+    open file descriptors stay bounded however many scenes it has."""
+
+    def __init__(self, size: int, close: Callable[[Any], None] = lambda _: None) -> None:
+        self.size, self.close = size, close
+        self.items: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = self.items[key] = make()
+        while len(self.items) > self.size:
+            self.close(self.items.popitem(last=False)[1])
+        return value
+
+    def clear(self) -> None:
+        while self.items:
+            self.close(self.items.popitem(last=False)[1])
+
+
+# Per-process: a worker reuses the reader of the scene it reads and the writer
+# of the staging group it writes across that scene's batches.
+_READERS = _Recent(2, TileReader.close)
+_WRITERS = _Recent(4)
 
 _EMPTY_IMAGES = {
     "image": np.zeros((0, 1, 1, 1), np.float32),
     "valid": np.zeros((0, 1, 1), bool),
     "core": np.zeros((0, 4), np.int64),
 }
+
+
+def close_cached() -> None:
+    """Close every reader this process holds (the local engine, at the end of a run)."""
+    _READERS.clear()
+    _WRITERS.clear()
 
 
 def encode_tiles(tiles: Sequence[Tile]) -> np.ndarray:
@@ -63,38 +96,31 @@ def decode_tiles(array: np.ndarray) -> list[Tile]:
 
 def _reader(row: dict[str, Any]) -> TileReader:
     key = f"{row['scene']}|{list(row['bands'])}|{list(row['mean'])}|{list(row['std'])}"
-    reader = _READERS.get(key)
-    if reader is None:
-        reader = _READERS[key] = TileReader(row["scene"], row["bands"], row["mean"], row["std"])
-    return reader
+    return _READERS.get(
+        key, lambda: TileReader(row["scene"], row["bands"], row["mean"], row["std"])
+    )
 
 
+@guarded("read")
 def read_stage(row: dict[str, Any]) -> dict[str, Any]:
     """Read a planned batch with :func:`~fcnrs.pipeline.reading.read_batch`.
 
     ``keep`` lists the positions of the tiles that go to the model (the others
-    have no valid pixel); a read that fails sets ``error`` (the scene fails, the
-    run goes on).
+    have no valid pixel). Any exception becomes a
+    :class:`~fcnrs.pipeline.distributed.retries.StageError`.
     """
-    out = {k: row[k] for k in ("scene_id", "batch_id", "output", "tiles", "probabilities")}
-    out["error"] = ""
-    keep: list[int] = []
-    arrays = None
-    try:
-        tiles = decode_tiles(row["tiles"])
-        _, kept, arrays = read_batch(_reader(row), tiles)
-        position = {tile.index: k for k, tile in enumerate(tiles)}
-        keep = [position[tile.index] for tile in kept]
-    except SceneError as exc:
-        out["error"] = str(exc)
-        arrays, keep = None, []
-    out["keep"] = np.array(keep, dtype=np.int64)
+    out = {k: row[k] for k in ("output", "tiles", "probabilities")}
+    tiles = decode_tiles(row["tiles"])
+    _, kept, arrays = read_batch(_reader(row), tiles)
+    position = {tile.index: k for k, tile in enumerate(tiles)}
+    out["keep"] = np.array([position[tile.index] for tile in kept], dtype=np.int64)
     return out | (arrays if arrays is not None else _EMPTY_IMAGES)
 
 
 class PredictStage:
-    """One model replica per actor: :class:`~fcnrs.pipeline.inference.Predictor` in
-    Ray's callable-class form, on the GPU Ray assigned to this actor, or on CPU threads."""
+    """One model replica: :class:`~fcnrs.pipeline.inference.Predictor` on the GPU
+    Ray assigned to this actor, or on CPU threads (in a Ray actor, or in the local
+    engine's process)."""
 
     def __init__(
         self, model: str, *, device: str, precision: str, probabilities: bool, threads: int
@@ -119,12 +145,16 @@ class PredictStage:
             model, device=device, precision=precision, probabilities=probabilities
         )
 
+    def ready(self) -> str:
+        """The replica's name, once its model is loaded."""
+        return self.replica
+
+    @guarded("predict")
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        keys = ("scene_id", "batch_id", "output", "tiles", "keep", "error", "probabilities")
-        out = {k: row[k] for k in keys}
+        out = {k: row[k] for k in ("output", "tiles", "keep", "probabilities")}
         out["replica"] = self.replica
         n = len(row["keep"])
-        if n and not row["error"]:
+        if n:
             result = self.predictor(
                 {"image": row["image"], "valid": row["valid"], "core": row["core"]}
             )
@@ -135,29 +165,24 @@ class PredictStage:
             out["probs"] = np.zeros((0, 0, 1, 1), np.uint8)
         return out
 
+    predict = __call__  # the name a Ray actor method is called by
+
 
 def _writer(row: dict[str, Any]) -> ChunkWriter:
     stage = str(staging_path(Path(str(row["output"]))))
-    writer = _WRITERS.get(stage)
-    if writer is None:
-        writer = _WRITERS[stage] = ChunkWriter(stage, probabilities=bool(row["probabilities"]))
-    return writer
+    return _WRITERS.get(stage, lambda: ChunkWriter(stage, probabilities=bool(row["probabilities"])))
 
 
+@guarded("write")
 def write_stage(row: dict[str, Any]) -> dict[str, Any]:
     """Write every tile of a batch, each into its own chunk (one writer per chunk),
     and report how many tiles were predicted and how many pixels are valid."""
     summary = {
-        "scene_id": row["scene_id"],
-        "batch_id": row["batch_id"],
-        "error": row["error"],
         "replica": row["replica"],
         "tiles": len(row["tiles"]),
         "predicted": len(row["keep"]),
         "valid_pixels": 0,
     }
-    if row["error"]:
-        return summary
     writer = _writer(row)
     predicted = {int(k): i for i, k in enumerate(np.asarray(row["keep"]))}
     probs = np.asarray(row["probs"])

@@ -121,7 +121,7 @@ def _predict_actor_pids() -> list[int]:
                 cmd = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"PredictStage" in cmd and b"MapWorker" in cmd:
+            if b"ray::PredictStage" in cmd:
                 pids.append(int(entry.name))
     return pids
 

@@ -16,6 +16,7 @@ from fcnrs.pipeline.distributed import (
     read_stage,
     write_stage,
 )
+from fcnrs.pipeline.distributed.retries import Failure, StageError, guarded
 from fcnrs.pipeline.labels import NODATA
 from fcnrs.pipeline.planning import plan_batches, plan_tiles
 from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
@@ -57,8 +58,6 @@ def planned(make_scene, make_checkpoint, tmp_path):
 
 def _row(scene, meta, plan, batch):
     return {
-        "scene_id": 0,
-        "batch_id": 0,
         "scene": str(scene),
         "output": str(plan.output),
         "bands": list(plan.bands),
@@ -74,7 +73,6 @@ def test_stages_chained_by_hand_write_the_batch_and_count_its_pixels(planned):
     batch = next(b for b in plan_batches(plan.grid, 4) if (1, 2) in [t.index for t in b])
     assert len(batch) == 4
     read = read_stage(_row(scene, meta, plan, batch))
-    assert read["error"] == ""
     # The all-nodata tile (1, 2) never goes to the model.
     assert [batch[k].index for k in read["keep"]] == [t.index for t in batch if t.index != (1, 2)]
     assert read["image"].shape[0] == len(batch) - 1
@@ -91,18 +89,36 @@ def test_stages_chained_by_hand_write_the_batch_and_count_its_pixels(planned):
     assert group.done_tiles() == {t.index for t in batch}
 
 
-def test_a_read_error_travels_to_the_write_stage_which_writes_nothing(planned, tmp_path):
-    scene, ckpt, meta, plan, group = planned
+def test_a_stage_error_names_the_stage_and_the_file_and_writes_nothing(planned, tmp_path):
+    scene, _, meta, plan, group = planned
     batch = plan_batches(plan.grid, 4)[0]
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(scene.read_bytes()[:3000])
-    row = _row(truncated, meta, plan, batch)
-    read = read_stage(row)
-    assert str(truncated) in read["error"] and len(read["keep"]) == 0
-    predicted = PredictStage(ckpt, device="cpu", precision="fp32", probabilities=False, threads=1)(
-        read
-    )
-    assert predicted["labels"].shape[0] == 0 and predicted["error"] == read["error"]
-    summary = write_stage(predicted)
-    assert summary["error"] == read["error"] and summary["valid_pixels"] == 0
+    with pytest.raises(StageError) as caught:
+        read_stage(_row(truncated, meta, plan, batch))
+    assert caught.value.stage == "read" and str(truncated) in str(caught.value)
+    assert str(caught.value).startswith("read stage: SceneError: ")
+    assert not caught.value.memory
     assert group.done_tiles() == set()
+
+
+def test_memory_errors_are_told_apart():
+    @guarded("predict")
+    def allocate(kind):
+        if kind == "memory":
+            raise MemoryError("cannot allocate 4 GiB")
+        if kind == "cuda":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise ValueError("bad value")
+
+    memory = [Failure.from_exception(_raised(allocate, k)) for k in ("memory", "cuda", "value")]
+    assert [f.memory for f in memory] == [True, True, False]
+    assert memory[2].reason == "predict stage: ValueError: bad value"
+
+
+def _raised(fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:
+        return exc
+    raise AssertionError("did not raise")

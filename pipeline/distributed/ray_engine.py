@@ -1,0 +1,195 @@
+"""The run's Ray engine: model replicas as Ray actors, reads and writes as Ray tasks.
+
+Each work item goes to the cluster as a chain of three: a read task, a call of
+one replica (``PredictStage.predict``), a write task. Ray starts a call once its
+read is done and a write once its call is, so reads, the model and writes
+overlap; at most :data:`DEPTH` items per replica are in flight, which keeps every
+replica fed while memory stays bounded (the driver holds back the rest).
+
+Faults come back to the driver as :class:`~.retries.Failure` values, never as
+exceptions:
+
+- an exception in a stage is that stage's
+  :class:`~.retries.StageError`, charged to its item;
+- a replica whose process dies (a segfaulting driver, a CUDA fault, the OOM
+  killer, its node lost) is replaced at once by a fresh actor. The items it held
+  fail together; once all have come back, the oldest (the one it was running) is
+  charged and the others, which never ran, are retried for free. A death on a
+  live node looks like the OOM killer's work, so that item's retry is split;
+- a replica that cannot start (its constructor raises) :data:`START_FAILURES`
+  times in a row with none running, or no replica running for
+  ``start_timeout`` seconds (a cluster with no room left), marks the engine
+  ``broken``: the driver fails the remaining scenes with that reason. The run
+  always ends.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .replicas import IO_TASK_CPUS, ReplicaPlan
+from .retries import Failure, WorkItem
+from .stages import PredictStage, read_stage, write_stage
+
+#: Items in flight per replica: one being read, one in the model, one being written.
+DEPTH = 3
+#: Consecutive replica start failures, with none running, that end the run.
+START_FAILURES = 3
+#: Seconds with no replica running (all lost, replacements not placed) that end the run.
+START_TIMEOUT_S = 600.0
+
+
+@dataclass
+class _Replica:
+    actor: Any
+    name: str
+    items: dict[int, WorkItem] = field(default_factory=dict)  # in flight, by submission
+    dead: bool = False
+    lost: list[tuple[int, WorkItem, Failure]] = field(default_factory=list)
+
+
+def classify(exc: BaseException) -> tuple[Failure, bool]:
+    """A failure from what ``ray.get`` raised, and whether the replica was lost."""
+    from ray import exceptions as rx
+
+    while isinstance(exc, rx.RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause  # a stage fails the later stages of its chain with its error
+    if isinstance(exc, rx.RayActorError):
+        message = str(exc)
+        node_lost = "node" in message.lower() and ("died" in message or "dead" in message)
+        first = message.splitlines()[0] if message else type(exc).__name__
+        reason = f"the replica's process died ({first.strip()})"
+        return Failure(reason, memory=not node_lost), True
+    if isinstance(exc, rx.OutOfMemoryError):
+        return Failure(f"Ray's memory monitor killed the task ({exc})", memory=True), False
+    if isinstance(exc, rx.WorkerCrashedError):
+        return Failure("the read or write task's process died", memory=True), False
+    return Failure.from_exception(exc), False
+
+
+class RayEngine:
+    """Runs work items on replicas of the model on the Ray cluster this process is
+    connected to; :meth:`poll` returns each item's write summary, or its failure."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        plan: ReplicaPlan,
+        predict_args: dict[str, Any],
+        *,
+        depth: int = DEPTH,
+        start_timeout: float = START_TIMEOUT_S,
+    ) -> None:
+        import ray
+
+        self.ray = ray
+        self.depth, self.start_timeout = depth, start_timeout
+        self.predict_args = predict_args
+        self.actor_class = ray.remote(PredictStage).options(
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus or None,
+            max_restarts=0,  # replaced by this engine, which knows which item killed it
+            max_task_retries=0,
+        )
+        self.read = ray.remote(read_stage).options(num_cpus=IO_TASK_CPUS, max_retries=0)
+        self.write = ray.remote(write_stage).options(num_cpus=IO_TASK_CPUS, max_retries=0)
+        self.starting: dict[Any, Any] = {}  # ready() ref -> actor
+        self.replicas: list[_Replica] = []
+        self.flight: dict[Any, tuple[int, WorkItem, _Replica]] = {}
+        self.seq = 0
+        self.start_failures = 0
+        self.broken: str | None = None
+        self.idle_since = time.monotonic()  # when the last running replica was lost
+        for _ in range(plan.replicas):
+            self._start()
+
+    def _start(self) -> None:
+        actor = self.actor_class.remote(**self.predict_args)
+        self.starting[actor.ready.remote()] = actor
+
+    def _live(self) -> list[_Replica]:
+        return [r for r in self.replicas if not r.dead]
+
+    def room(self) -> int:
+        return sum(self.depth - len(r.items) for r in self._live())
+
+    def submit(self, item: WorkItem, row: dict[str, Any]) -> None:
+        replica = min(self._live(), key=lambda r: len(r.items))
+        self.seq += 1
+        ref = self.write.remote(replica.actor.predict.remote(self.read.remote(row)))
+        replica.items[self.seq] = item
+        self.flight[ref] = (self.seq, item, replica)
+
+    def poll(self, timeout: float) -> list[tuple[WorkItem, Any]]:
+        """Finished items: waits up to ``timeout`` seconds for the first."""
+        ray = self.ray
+        refs = [*self.flight, *self.starting]
+        if not refs:
+            return []
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        out: list[tuple[WorkItem, Any]] = []
+        for ref in ready:
+            if ref in self.starting:
+                self._started(ref)
+                continue
+            seq, item, replica = self.flight.pop(ref)
+            del replica.items[seq]
+            try:
+                out.append((item, ray.get(ref)))
+            except Exception as exc:
+                failure, lost = classify(exc)
+                if lost:
+                    self._lose(replica)
+                    replica.lost.append((seq, item, failure))
+                else:
+                    out.append((item, failure))
+        for replica in [r for r in self.replicas if r.dead and not r.items]:
+            out.extend(self._judge(replica))
+        if not self._live() and time.monotonic() - self.idle_since > self.start_timeout:
+            self.broken = f"no model replica was running for {self.start_timeout:.0f} s"
+        return out
+
+    def _started(self, ref: Any) -> None:
+        actor = self.starting.pop(ref)
+        try:
+            name = self.ray.get(ref)
+        except Exception as exc:
+            failure, _ = classify(exc)
+            self.ray.kill(actor)
+            self.start_failures += 1
+            if self.start_failures >= START_FAILURES and not self._live():
+                self.broken = f"model replicas cannot start ({failure.reason})"
+            elif self.start_failures < START_FAILURES:
+                self._start()
+            return
+        self.start_failures = 0
+        self.replicas.append(_Replica(actor, name))
+
+    def _lose(self, replica: _Replica) -> None:
+        """A replica's process died: replace it with a fresh one."""
+        if replica.dead:
+            return
+        replica.dead = True
+        self.ray.kill(replica.actor)
+        if not self._live():
+            self.idle_since = time.monotonic()
+        self._start()
+
+    def _judge(self, replica: _Replica) -> list[tuple[WorkItem, Failure]]:
+        """The items a dead replica held: the oldest killed it, the rest never ran."""
+        self.replicas.remove(replica)
+        lost = sorted(replica.lost, key=lambda x: x[0])
+        out = [(lost[0][1], lost[0][2])]
+        out += [(item, Failure(f.reason, f.memory, charged=False)) for _, item, f in lost[1:]]
+        return out
+
+    def close(self) -> None:
+        for actor in [*(r.actor for r in self.replicas), *self.starting.values()]:
+            self.ray.kill(actor)
+        self.replicas.clear()
+        self.starting.clear()
