@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import IO
+
+from fcnrs.pipeline.errors import Interrupted
+from fcnrs.pipeline.manifest import check_run_id
 
 log = logging.getLogger("fcnrs")
 
@@ -42,6 +46,58 @@ def parse_bands(text: str) -> tuple[int, ...]:
             f"--bands takes 1-based band indexes (1 is the first band). Got {text!r}."
         )
     return bands
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum`` (argparse names
+    the flag, and exits with status 2 before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number of at least {minimum}, not {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def run_id(text: str) -> str:
+    """An argparse type: a run id that can only name a file in ``manifest/``."""
+    try:
+        return check_run_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def local_folder(text: str) -> str:
+    """An argparse type: a local or mounted folder, not a URL."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a URL; object storage is not supported yet: give a local or "
+            "mounted folder"
+        )
+    return text
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM (what ``ray job stop`` and most schedulers send) into
+    :class:`~fcnrs.pipeline.errors.Interrupted`, so a run can record what it
+    leaves unfinished before it exits, as it does on Ctrl-C."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_bands(p: argparse.ArgumentParser, help: str) -> None:

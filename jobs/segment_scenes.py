@@ -8,8 +8,10 @@ Plain ``python`` starts a local Ray; under ``ray job submit`` (RAY_ADDRESS set)
 it joins the cluster. Each scene becomes ``OUT/<scene stem>.zarr`` and a row in
 ``OUT/manifest/``. Scenes already done with the same model and settings are
 skipped; interrupted ones resume. One bad scene fails alone (recorded with its
-reason); the exit status is 1 when any scene failed, 2 when the model or the
-output folder is unusable.
+reason) and the others finish. Exit status: 0 when every scene is done or
+skipped; 1 when a scene failed; 2 when a flag, the model or the output folder
+is unusable (nothing was done); 130 or 143 when stopped by SIGINT or SIGTERM
+(``ray job stop``), unfinished scenes recorded as interrupted.
 """
 
 from __future__ import annotations
@@ -17,13 +19,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from fcnrs.fcn_model import FCNModelError, read_meta
-from fcnrs.jobs.options import add_bands, job_main, ray_starter
+from fcnrs.jobs.options import (
+    add_bands,
+    at_least,
+    job_main,
+    local_folder,
+    ray_starter,
+    run_id,
+    stop_on_sigterm,
+)
 from fcnrs.pipeline.distributed import print_summary, run_scenes
 from fcnrs.pipeline.distributed.driver import Engine
-from fcnrs.pipeline.errors import OutputError
+from fcnrs.pipeline.distributed.retries import DEFAULT_RETRIES
+from fcnrs.pipeline.errors import Interrupted, OutputError
 from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
 
@@ -38,21 +50,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         help="GeoTIFF files, globs, or .txt/.lst files listing one scene per line",
     )
-    p.add_argument("--out", required=True, help="output folder (one .zarr per scene)")
+    p.add_argument(
+        "--out", required=True, type=local_folder, help="output folder (one .zarr per scene)"
+    )
     p.add_argument(
         "--tile-size",
-        type=int,
+        type=at_least(1),
         default=DEFAULT_TILE_SIZE,
         help="core edge in pixels, rounded to a multiple of 32 (default %(default)s)",
     )
     p.add_argument(
         "--overlap",
-        type=int,
+        type=at_least(0),
         default=DEFAULT_OVERLAP,
         help="context halo on each side in pixels, rounded up to a multiple of 32 "
         "(default %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per model call")
+    p.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per model call")
     add_bands(p, "e.g. 4,3,2 (1-based; default: the checkpoint's)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument(
@@ -72,12 +86,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--num-replicas",
-        type=int,
+        type=at_least(1),
         default=None,
         help="model replicas (default: one per GPU, or fit the CPUs)",
     )
-    p.add_argument("--threads-per-replica", type=int, default=None, help="CPU replicas only")
-    p.add_argument("--run-id", default=None, help="manifest run id (default: time + random)")
+    p.add_argument(
+        "--threads-per-replica", type=at_least(1), default=None, help="CPU replicas only"
+    )
+    p.add_argument(
+        "--retries",
+        type=at_least(0),
+        default=DEFAULT_RETRIES,
+        help="retries of a failed batch (an exception, or its process dying) before its "
+        "scene fails; a failure that looks like memory splits the batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--run-id",
+        type=run_id,
+        default=None,
+        help="manifest run id: letters, digits, '.', '_', '-' (default: time + random)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,20 +119,26 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         read_meta(args.model)
-        report = run_scenes(
-            expand_scenes(args.scenes),
-            model=args.model,
-            out_dir=args.out,
-            settings=settings,
-            replicas=args.num_replicas,
-            threads=args.threads_per_replica,
-            run_id=args.run_id,
-            start_ray=ray_starter(args.verbose),
-            engine=choose_engine(args.engine),
-        )
+        with stop_on_sigterm():
+            report = run_scenes(
+                expand_scenes(args.scenes),
+                model=args.model,
+                out_dir=args.out,
+                settings=settings,
+                replicas=args.num_replicas,
+                threads=args.threads_per_replica,
+                run_id=args.run_id,
+                start_ray=ray_starter(args.verbose),
+                engine=choose_engine(args.engine),
+                retries=args.retries,
+            )
     except (FCNModelError, OutputError) as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt as exc:  # stopped before the run had started
+        name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+        log.error("stopped by %s before any scene started", name)
+        return 128 + int(signal.Signals[name])
     print_summary(report, args.out)
     return report.exit_code()
 

@@ -63,6 +63,14 @@ class SegmentSettings:
     probabilities: bool = False
     precision: Precision = "auto"
 
+    def __post_init__(self) -> None:
+        for name, minimum in (("tile_size", 1), ("overlap", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"{name} must be a whole number of at least {minimum}, not {value!r}"
+                )
+
     def resolved(self, device: str) -> SegmentSettings:
         """These settings with ``precision="auto"`` replaced by what it stands for
         on ``device``: outputs record (and skip checks compare) the real one."""

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from . import stages
 from .retries import Failure, WorkItem
-from .stages import PredictStage, close_cached, read_stage, write_stage
 
 #: Batches in the pipeline at once: one being read, one in the model, one being
 #: written, so the model never waits, and memory holds three batches whatever
@@ -42,11 +42,15 @@ class LocalEngine:
     name = "local"
     broken: str | None = None  # the replica is this process: it never goes missing
 
-    def __init__(self, predict: PredictStage, *, depth: int = DEPTH) -> None:
+    def __init__(self, predict: stages.PredictStage, *, depth: int = DEPTH) -> None:
         self.depth = depth
         self.stages: list[tuple[ThreadPoolExecutor, Callable[[Any], Any]]] = [
             (ThreadPoolExecutor(1, f"fcnrs-{name}"), fn)
-            for name, fn in (("read", read_stage), ("predict", predict), ("write", write_stage))
+            for name, fn in (
+                ("read", stages.read_stage),
+                ("predict", predict),
+                ("write", stages.write_stage),
+            )
         ]
         self.done: queue.SimpleQueue[tuple[WorkItem, Any]] = queue.SimpleQueue()
         self.in_flight = 0
@@ -91,4 +95,4 @@ class LocalEngine:
         for pool, _ in self.stages:
             pool.shutdown(wait=False, cancel_futures=True)
         if not self.in_flight:  # else a stage may still use a reader (an interrupted run)
-            close_cached()
+            stages.close_cached()

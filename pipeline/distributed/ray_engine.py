@@ -57,11 +57,12 @@ def classify(exc: BaseException) -> tuple[Failure, bool]:
     while isinstance(exc, rx.RayTaskError) and isinstance(exc.cause, BaseException):
         exc = exc.cause  # a stage fails the later stages of its chain with its error
     if isinstance(exc, rx.RayActorError):
-        message = str(exc)
-        node_lost = "node" in message.lower() and ("died" in message or "dead" in message)
-        first = message.splitlines()[0] if message else type(exc).__name__
-        reason = f"the replica's process died ({first.strip()})"
-        return Failure(reason, memory=not node_lost), True
+        # Its own process died on a live node (the OOM killer, a segfault): that
+        # looks like memory. Its node lost, or the actor killed: it does not.
+        process_died = "worker process has died" in str(exc)
+        cause = "its process died" if process_died else "it was lost"
+        reason = f"the replica running it died ({cause}: {type(exc).__name__})"
+        return Failure(reason, memory=process_died), True
     if isinstance(exc, rx.OutOfMemoryError):
         return Failure(f"Ray's memory monitor killed the task ({exc})", memory=True), False
     if isinstance(exc, rx.WorkerCrashedError):
