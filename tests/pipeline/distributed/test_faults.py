@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ import pytest
 from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import SegmentSettings
-from fcnrs.pipeline.writing import is_complete, staging_path
 from tests import faults
 
 ROOT = Path(__file__).resolve().parents[3]
