@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO
 
-from fcnrs.pipeline.errors import Interrupted
+from fcnrs.pipeline.distributed.driver import request_stop
 from fcnrs.pipeline.manifest import check_run_id
 
 log = logging.getLogger("fcnrs")
@@ -86,12 +86,12 @@ def local_folder(text: str) -> str:
 
 @contextmanager
 def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM (what ``ray job stop`` and most schedulers send) into
-    :class:`~fcnrs.pipeline.errors.Interrupted`, so a run can record what it
-    leaves unfinished before it exits, as it does on Ctrl-C."""
+    """Turn SIGTERM (what ``ray job stop`` and most schedulers send) into a clean
+    stop of the run in progress (:func:`~fcnrs.pipeline.distributed.request_stop`),
+    which records what it leaves unfinished before it exits, as on Ctrl-C."""
 
     def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+        request_stop(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -35,7 +35,7 @@ from fcnrs.jobs.options import (
 from fcnrs.pipeline.distributed import print_summary, run_scenes
 from fcnrs.pipeline.distributed.driver import Engine
 from fcnrs.pipeline.distributed.retries import DEFAULT_RETRIES
-from fcnrs.pipeline.errors import Interrupted, OutputError
+from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
 
@@ -117,8 +117,11 @@ def run(args: argparse.Namespace) -> int:
         probabilities=args.probabilities,
         precision=args.precision,
     )
+    engine, start_ray = choose_engine(args.engine), ray_starter(args.verbose)
     try:
         read_meta(args.model)
+        if engine == "ray":
+            start_ray()  # first: ray.init installs its own SIGTERM handler (sys.exit)
         with stop_on_sigterm():
             report = run_scenes(
                 expand_scenes(args.scenes),
@@ -128,17 +131,16 @@ def run(args: argparse.Namespace) -> int:
                 replicas=args.num_replicas,
                 threads=args.threads_per_replica,
                 run_id=args.run_id,
-                start_ray=ray_starter(args.verbose),
-                engine=choose_engine(args.engine),
+                start_ray=start_ray,
+                engine=engine,
                 retries=args.retries,
             )
     except (FCNModelError, OutputError) as exc:
         log.error("%s", exc)
         return 2
-    except KeyboardInterrupt as exc:  # stopped before the run had started
-        name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
-        log.error("stopped by %s before any scene started", name)
-        return 128 + int(signal.Signals[name])
+    except KeyboardInterrupt:  # Ctrl-C before the run had started
+        log.error("stopped by SIGINT before any scene started")
+        return 128 + signal.SIGINT
     print_summary(report, args.out)
     return report.exit_code()
 

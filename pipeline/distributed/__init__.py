@@ -1,7 +1,7 @@
 """Many scenes on a Ray cluster: replica planning, the three stages, the driver,
 progress. The library call is :func:`run_scenes`."""
 
-from .driver import RunReport, SceneJob, run_scenes
+from .driver import RunReport, SceneJob, request_stop, run_scenes
 from .progress import Progress, print_summary
 from .replicas import ReplicaPlan, plan_replicas
 from .stages import PredictStage, decode_tiles, encode_tiles, read_stage, write_stage
@@ -17,6 +17,7 @@ __all__ = [
     "plan_replicas",
     "print_summary",
     "read_stage",
+    "request_stop",
     "run_scenes",
     "write_stage",
 ]

@@ -65,6 +65,22 @@ Engine = Literal["ray", "local"]
 
 log = logging.getLogger(__name__)
 
+#: Stop requests (signal names) for the run in progress: see :func:`request_stop`.
+_STOP: list[str] = []
+
+
+def request_stop(signal_name: str = "SIGTERM") -> None:
+    """Ask the run in progress to stop within a second: it records its unfinished
+    scenes as ``interrupted`` and returns. Safe to call from a signal handler,
+    which is how the job turns SIGTERM (``ray job stop``) into a clean stop;
+    raising from the handler instead can be lost inside Ray's blocking calls."""
+    _STOP.append(signal_name)
+
+
+def _check_stop() -> None:
+    if _STOP:
+        raise Interrupted(_STOP[-1])
+
 
 @dataclass
 class SceneJob:
@@ -174,6 +190,7 @@ def run_scenes(
         name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
         log.error("stopped by %s: unfinished scenes are recorded as interrupted", name)
         _close_out(run, scenes, jobs, "interrupted", f"stopped by {name}; a re-run resumes it")
+        _STOP.clear()
         return RunReport(run.identity.run_id, tuple(run.manifest.rows), dict(replica_batches), name)
     except BaseException as exc:
         _close_out(run, scenes, jobs, "failed", f"the run stopped: {type(exc).__name__}: {exc}")
@@ -205,6 +222,7 @@ def _prepare_scenes(run: _Run, scenes: Iterable[str]) -> list[SceneJob]:
     jobs: list[SceneJob] = []
     seen: dict[Path, str] = {}
     for scene in scenes:
+        _check_stop()
         t0, started_at = time.perf_counter(), now()
         try:
             job = _prepare_scene(run, scene, seen, t0, started_at)
@@ -352,6 +370,7 @@ def _drive(
         for batch in job.batches
     )
     while any(not job.closed for job in jobs):
+        _check_stop()
         while queue and engine.room() > 0 and not engine.broken:
             item = queue.popleft()
             if not jobs[item.scene_id].closed:  # a failed scene's batches are dropped

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.manifest import read_manifest
-from fcnrs.pipeline.writing import is_complete
+from fcnrs.pipeline.scenes import SegmentSettings
+from fcnrs.pipeline.writing import is_complete, staging_path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -178,3 +180,60 @@ def test_ray_job_submit_runs_the_nightly_job(ray_head, make_scene, make_checkpoi
     # A second submission with a night's id is refused, so cron cannot run it twice.
     again = submit(address, env, *args, submission_id="nightly-test-2")
     assert again.returncode != 0 and "already exists" in again.stdout + again.stderr
+
+
+def test_ray_job_stop_records_interrupted_and_the_resubmission_resumes(
+    ray_head, make_scene, make_checkpoint, tmp_path
+):
+    address, env, _ = ray_head
+    scene = make_scene("scene.tif", height=1000, width=1000, seed=6)
+    ckpt = make_checkpoint(width=0.5)  # slow enough to stop mid-scene
+    settings = SegmentSettings(tile_size=96, overlap=64, batch_size=1, precision="fp32")
+    run_scenes(
+        [scene],
+        model=ckpt,
+        out_dir=tmp_path / "ref",
+        settings=settings,
+        progress=None,
+        engine="local",
+    )
+    out = tmp_path / "out"
+    args = ["--model", str(ckpt), "--scenes", str(scene), "--out", str(out)]
+    args += ["--tile-size", "96", "--overlap", "64", "--batch-size", "1", "--precision", "fp32"]
+    job_env = {**env, "RAY_AUTH_MODE": "token"}
+    ray = str(BIN / "ray")
+    started = subprocess.run(
+        [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+         "--submission-id", "stop-1", "--no-wait", "--", "python", "jobs/segment_scenes.py",
+         *args],
+        env=job_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    chunks = staging_path(out / "scene.zarr") / "labels"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(chunks.glob("*.*"))) < 10:
+        time.sleep(0.1)
+    stop = subprocess.run(
+        [ray, "job", "stop", "--address", address, "stop-1"],
+        env=job_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    partial = len(list(chunks.glob("*.*")))
+    assert 10 <= partial < 121, f"{partial} of 121 chunks on disk when stopped"
+    [row] = read_manifest(out).to_pylist()
+    assert row["status"] == "interrupted" and "SIGTERM" in row["error"], row["error"]
+    assert not (out / "scene.zarr").exists()
+
+    again = submit(address, env, *args, submission_id="stop-2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rows = read_manifest(out).to_pylist()
+    done = next(r for r in rows if r["status"] == "done")
+    # Only the batches not on disk were recomputed, and the bytes are the same.
+    assert done["tiles_predicted"] <= 121 - partial + 1
+    assert tree_bytes(out / "scene.zarr") == tree_bytes(tmp_path / "ref" / "scene.zarr")
+
+
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
