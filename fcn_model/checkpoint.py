@@ -200,16 +200,30 @@ def save_checkpoint(
         "meta": meta.to_json(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Created by save_file, so with the process umask (mkstemp's are 0600, which
-    # hides a checkpoint from the other users of a shared file system).
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         save_file(tensors, tmp, metadata=header)
+        # save_file creates 0600 files, which hides a checkpoint from the other
+        # users of a shared file system: give it what the umask allows.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_meta(path: str | PathLike[str]) -> ModelMeta:

@@ -48,8 +48,11 @@ def expand_scenes(args: Iterable[str]) -> list[str]:
 
 
 def scene_stem(path: str | PathLike[str]) -> str:
-    """The output name of a scene: its file name without the extension."""
-    return Path(str(path).rstrip("/")).name.rsplit(".", 1)[0] or "scene"
+    """The output name of a scene: its file name without the extension. It is one
+    path component whatever the path holds (``..``, a URL), so every output stays
+    inside ``--out``; a name of dots only becomes ``scene``."""
+    stem = Path(str(path).rstrip("/")).name.rsplit(".", 1)[0]
+    return stem if stem.strip(".") else "scene"
 
 
 @dataclass(frozen=True)
