@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import xarray as xr
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from fcnrs.fcn_model import checkpoint_digest
+from fcnrs.pipeline.planning import plan_tiles
+from fcnrs.pipeline.reading import SceneInfo
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
-from fcnrs.pipeline.writing import is_complete, read_attrs
+from fcnrs.pipeline.writing import StagingGroup, is_complete, read_attrs
 
 GRIDS = {
     "utm": ("EPSG:32618", from_origin(101985.0, 2826915.0, 30.0, 30.0)),
@@ -170,3 +176,82 @@ def test_resume_keeps_a_matching_staging_group_and_reports_its_tiles(
     assert other.published() is None
     final = other.publish(valid_pixels=0)
     assert other.published() is not None and read_attrs(final)["valid_pixels"] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    height=st.integers(1, 400),
+    width=st.integers(1, 400),
+    tile=st.integers(1, 200),
+    overlap=st.integers(0, 100),
+    probabilities=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_chunk_is_written_by_exactly_one_tile_whole(
+    tmp_path_factory, height, width, tile, overlap, probabilities, seed
+):
+    """Tile cores are the chunks: a tile's write creates its own chunk file in each
+    array (labels, probabilities) and touches no other, and the chunk holds the
+    tile's core whole. Together the tiles write every chunk once."""
+    grid = plan_tiles(height, width, tile_size=tile, overlap=overlap)
+    info = SceneInfo(
+        path="drawn.tif",
+        height=height,
+        width=width,
+        count=1,
+        dtypes=("uint8",),
+        crs_wkt=CRS.from_epsg(32633).to_wkt(),
+        transform=(10.0, 0.0, 500000.0, 0.0, -10.0, 4100000.0),
+        nodata=None,
+        mask_flags=(("all_valid",),),
+        size_bytes=-1,
+        mtime_ns=-1,
+    )
+    classes = ["a", "b", "c"]
+    final = tmp_path_factory.mktemp("w") / "drawn.zarr"
+    group = StagingGroup(
+        final,
+        info=info,
+        grid=grid,
+        classes=classes,
+        colors=[[0, 0, 0]] * 3,
+        probabilities=probabilities,
+    )
+    group.create()
+    writer = group.chunks()
+    arrays = ["labels", "probabilities"] if probabilities else ["labels"]
+
+    def chunk_files() -> dict[str, bytes]:
+        return {
+            f"{name}/{e.name}": Path(e.path).read_bytes()
+            for name in arrays
+            for e in os.scandir(group.stage / name)
+            if not e.name.startswith(".")
+        }
+
+    rng = np.random.default_rng(seed)
+    tiles = list(grid)
+    rng.shuffle(tiles)
+    writes: dict[str, tuple[int, int]] = {}
+    for t in tiles:
+        labels = rng.integers(0, 3, t.core.shape, dtype=np.uint8)
+        probs = rng.integers(0, 256, (3, *t.core.shape), dtype=np.uint8) if probabilities else None
+        before = chunk_files()
+        writer.write(t.core, labels, probs)
+        after = chunk_files()
+        changed = {k for k in after if before.get(k) != after[k]}
+        i, j = t.core.row // grid.tile_size, t.core.col // grid.tile_size
+        expected = {"labels/" + f"{i}.{j}"} | (
+            {f"probabilities/0.{i}.{j}"} if probs is not None else set()
+        )
+        assert changed == expected, (t, changed)
+        for key in changed:
+            assert key not in writes, f"{key} written by {writes[key]} and {t.index}"
+            writes[key] = t.index
+        root = zarr.open_group(str(group.stage), mode="r")
+        rows, cols = t.core.slices()
+        assert np.array_equal(root["labels"][rows, cols], labels)
+        if probs is not None:
+            assert np.array_equal(root["probabilities"][:, rows, cols], probs)
+    assert len(writes) == len(tiles) * len(arrays)
+    assert group.done_tiles() == {t.index for t in tiles}
