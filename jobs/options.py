@@ -16,7 +16,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
 from typing import IO
 
@@ -29,8 +28,6 @@ log = logging.getLogger("fcnrs")
 _CHATTY = ("ray", "ray.train", "ray.tune", "rasterio", "filelock", "urllib3")
 #: The logger of Ray's "token authentication is enabled" notice on a local start.
 _TOKEN_NOTICE = "ray._private.authentication.authentication_token_setup"
-#: Ray Data's own logging configuration for quiet runs (shipped beside this file).
-_RAY_DATA_LOGGING = "ray_data_logging.yaml"
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -131,9 +128,6 @@ def setup_logging(verbose: bool) -> None:
     # The native core's error-looking lines (e.g. "constructor arguments in the
     # object store") are about Ray's internals; its fatal errors still print.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    os.environ.setdefault(
-        "RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name(_RAY_DATA_LOGGING))
-    )
     # A local Ray turns token authentication on by default and warns that it did
     # (a notice, not a problem: the README says how clients use the token).
     logging.getLogger(_TOKEN_NOTICE).setLevel(logging.ERROR)

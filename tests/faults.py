@@ -53,8 +53,15 @@ def _faulty(fn, stage: str, how: str, word: str):
 
 def install(stage: str, how: str, word: str = "poison", patch=setattr) -> None:
     """Make ``stage`` (read, predict or write) fail as ``how`` on poison tiles;
-    ``patch`` is ``setattr`` or pytest's ``monkeypatch.setattr`` (undone after)."""
-    if stage == "predict":
+    ``patch`` is ``setattr`` or pytest's ``monkeypatch.setattr`` (undone after).
+    ``install("replica", "raise")`` makes every model replica fail to start."""
+    if stage == "replica":
+
+        def broken(self, *args, **kwargs):
+            raise RuntimeError("injected: the model cannot be loaded on this node")
+
+        patch(stages.PredictStage, "__init__", broken)
+    elif stage == "predict":
         inner = stages.PredictStage.__call__.__wrapped__
         wrapped = guarded("predict")(_faulty(inner, stage, how, word))
         patch(stages.PredictStage, "__call__", wrapped)

@@ -160,11 +160,13 @@ class RayEngine:
         try:
             name = self.ray.get(ref)
         except Exception as exc:
-            failure, _ = classify(exc)
+            # The constructor's own exception is the last line of Ray's message.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(exc).__name__
             self.ray.kill(actor)
             self.start_failures += 1
             if self.start_failures >= START_FAILURES and not self._live():
-                self.broken = f"model replicas cannot start ({failure.reason})"
+                self.broken = f"model replicas cannot start ({reason})"
             elif self.start_failures < START_FAILURES:
                 self._start()
             return

@@ -197,6 +197,16 @@ def test_on_ray_a_tile_that_kills_its_replica_fails_alone(make_scene, make_check
     print(f"night with a killer tile: {result['seconds']:.1f} s")
 
 
+def test_on_ray_replicas_that_cannot_start_end_the_run(make_scene, make_checkpoint, tmp_path):
+    scenes = [make_scene("a.tif", height=100, width=120), make_scene("b.tif", seed=2)]
+    out = tmp_path / "out"
+    result = run_script(RAY_NIGHT, ROOT, "replica:raise:-", make_checkpoint(), out, *scenes)
+    assert [status for _, status, _ in result["rows"]] == ["failed", "failed"]
+    for _, _, error in result["rows"]:
+        assert "model replicas cannot start" in error and "cannot be loaded" in error
+    assert read_manifest(out).num_rows == 2
+
+
 TWO_NODES = """
 import json, sys, threading, time, ray
 from pathlib import Path
