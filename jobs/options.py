@@ -71,12 +71,12 @@ def run_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def local_folder(text: str) -> str:
-    """An argparse type: a local or mounted folder, not a URL."""
-    if "://" in text:
+def output_folder(text: str) -> str:
+    """An argparse type: a local folder or an ``s3://bucket/prefix`` URL."""
+    if "://" in text and not text.startswith("s3://"):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is a URL; object storage is not supported yet: give a local or "
-            "mounted folder"
+            f"{text!r}: give a local folder or an s3://bucket/prefix URL (other "
+            "schemes are not supported)"
         )
     return text
 

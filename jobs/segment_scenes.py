@@ -27,7 +27,7 @@ from fcnrs.jobs.options import (
     add_bands,
     at_least,
     job_main,
-    local_folder,
+    output_folder,
     ray_starter,
     run_id,
     stop_on_sigterm,
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="GeoTIFF files, globs, or .txt/.lst files listing one scene per line",
     )
     p.add_argument(
-        "--out", required=True, type=local_folder, help="output folder (one .zarr per scene)"
+        "--out", required=True, type=output_folder, help="output folder (one .zarr per scene)"
     )
     p.add_argument(
         "--tile-size",

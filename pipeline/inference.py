@@ -16,6 +16,7 @@ import torch
 from fcnrs.fcn_model import load_checkpoint
 
 from .labels import MAX_CLASSES, NODATA
+from .storage import local_copy
 
 #: ``auto`` resolves to ``bf16`` where the hardware runs it fast, else ``fp32``.
 Precision = Literal["auto", "fp32", "bf16"]
@@ -84,7 +85,7 @@ class Predictor:
         self.device = torch.device(device or default_device())
         self.precision = resolve_precision(precision, self.device.type)
         self.dtype = _DTYPES[self.precision]
-        model, self.meta = load_checkpoint(model_path)
+        model, self.meta = load_checkpoint(local_copy(model_path))  # s3:// too
         # Channels-last: oneDNN's (and cuDNN's) fast convolution layout; 1.7x
         # (fp32) to 1.8x (bf16) the throughput of the default layout on CPU here.
         self.model = model.to(

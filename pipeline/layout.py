@@ -112,15 +112,11 @@ def grid_mapping_attrs(info: SceneInfo) -> dict[str, Any]:
 def identity(info: SceneInfo, grid: TileGrid, attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The facts that decide the output's bytes: model and settings (in ``attrs``),
     the source file and the tile grid. Equal identities, equal chunks."""
-    return jsonable(
-        {
-            **attrs,
-            "source": info.path,
-            "source_size": info.size_bytes,
-            "source_mtime_ns": info.mtime_ns,
-            "tile_grid": grid.as_dict(),
-        }
-    )
+    source = {"source": info.path, "source_size": info.size_bytes}
+    source["source_mtime_ns"] = info.mtime_ns
+    if info.etag:  # an object in S3: its ETag changes whenever it is replaced
+        source["source_etag"] = info.etag
+    return jsonable({**attrs, **source, "tile_grid": grid.as_dict()})
 
 
 def published_attrs(

@@ -18,19 +18,17 @@ folder's history grows.
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from os import PathLike
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .scenes import ScenePlan
+from .storage import Location
 
 MANIFEST_DIR = "manifest"
 Status = Literal["done", "skipped", "failed", "interrupted"]
@@ -178,34 +176,34 @@ def _row(
     )
 
 
-def manifest_dir(out_dir: str | PathLike[str]) -> Path:
-    return Path(out_dir) / MANIFEST_DIR
+def manifest_dir(out_dir: str | PathLike[str] | Location) -> Location:
+    return Location(out_dir) / MANIFEST_DIR
 
 
-def read_manifest(out_dir: str | PathLike[str]) -> pa.Table:
-    """Every run's rows (an empty table with the schema when there are none)."""
-    files = sorted(manifest_dir(out_dir).glob("run-*.parquet"))
-    if not files:
+def read_manifest(out_dir: str | PathLike[str] | Location) -> pa.Table:
+    """Every run's rows, on disk or in S3 (an empty table with the schema when
+    there are none)."""
+    where = manifest_dir(out_dir)
+    names = sorted(k for k in where.list() if k.startswith("run-") and k.endswith(".parquet"))
+    if not names:
         return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
+    tables = [
+        pq.read_table(pa.BufferReader((where / k).read_bytes()), schema=SCHEMA) for k in names
+    ]
+    return pa.concat_tables(tables)
 
 
 class ManifestWriter:
     """Collects one run's rows and keeps ``<out>/manifest/run-<id>.parquet`` current."""
 
-    def __init__(self, out_dir: str | PathLike[str], run_id: str) -> None:
+    def __init__(self, out_dir: str | PathLike[str] | Location, run_id: str) -> None:
         self.path = manifest_dir(out_dir) / f"run-{check_run_id(run_id)}.parquet"
         self.rows: list[ManifestRow] = []
 
     def add(self, row: ManifestRow) -> None:
         self.rows.append(row)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist([asdict(r) for r in self.rows], schema=SCHEMA)
-        # Created by the writer, so with the process umask (mkstemp's are 0600).
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        # Whole or not at all: a temporary file renamed (umask applies), or one PUT.
+        self.path.write_bytes(sink.getvalue().to_pybytes())

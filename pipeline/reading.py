@@ -26,6 +26,7 @@ from rasterio.errors import RasterioError
 
 from .errors import SceneError
 from .planning import Tile, Window
+from .storage import Location, is_url, sync_gdal_env
 
 # GDAL's block cache defaults to 5% of RAM (1.2 GiB on a 24 GiB machine) and fills
 # up on large scenes; a tile needs a few MiB of it. The operator's setting wins.
@@ -51,6 +52,7 @@ class SceneInfo:
     mask_flags: tuple[tuple[str, ...], ...]
     size_bytes: int
     mtime_ns: int
+    etag: str = ""  # objects in S3: a replaced object has a new one
 
 
 def open_raster(path: str | PathLike[str]) -> rasterio.io.DatasetReader:
@@ -58,12 +60,23 @@ def open_raster(path: str | PathLike[str]) -> rasterio.io.DatasetReader:
     :class:`SceneError` naming it. Every raster the project reads (scenes, label
     rasters for training, GeoTIFFs it exported) goes through here."""
     path = str(path)
-    if "://" not in path and not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise SceneError(path, "no such file")
+    if is_url(path):
+        sync_gdal_env()
     try:
         return rasterio.open(path, driver=SCENE_DRIVER)
     except RasterioError as exc:
+        if is_url(path):
+            _check_object(path)  # a missing object or a refused request says so
         raise SceneError(path, f"not a readable {SCENE_DRIVER} raster ({exc})") from exc
+
+
+def _check_object(url: str) -> None:
+    try:
+        Location(url).head()
+    except OSError as exc:  # FileNotFoundError, PermissionError: the reason, and fast
+        raise SceneError(url, str(exc).removeprefix(f"{url}: ")) from None
 
 
 def inspect_scene(path: str | PathLike[str]) -> SceneInfo:
@@ -76,7 +89,7 @@ def inspect_scene(path: str | PathLike[str]) -> SceneInfo:
                 "rotated or sheared geotransform; output label rasters carry 1-D x/y "
                 "coordinates, so warp the scene to a north-up grid first (gdalwarp)",
             )
-        stat = os.stat(path) if "://" not in str(path) else None
+        source = Location(path).head()
         return SceneInfo(
             path=str(path),
             height=src.height,
@@ -87,8 +100,9 @@ def inspect_scene(path: str | PathLike[str]) -> SceneInfo:
             transform=(t.a, t.b, t.c, t.d, t.e, t.f),
             nodata=src.nodata,
             mask_flags=tuple(tuple(f.name for f in flags) for flags in src.mask_flag_enums),
-            size_bytes=stat.st_size if stat else -1,
-            mtime_ns=stat.st_mtime_ns if stat else -1,
+            size_bytes=source["size"],
+            mtime_ns=source["mtime_ns"],
+            etag=source["etag"],
         )
 
 

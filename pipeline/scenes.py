@@ -12,13 +12,14 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from os import PathLike
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fcnrs.fcn_model import ModelMeta
 
 from .inference import Precision, resolve_precision
 from .planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, plan_tiles
 from .reading import SceneInfo, inspect_scene, resolve_bands
+from .storage import Location, expand_url_glob, is_url
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -32,15 +33,17 @@ def expand_scenes(args: Iterable[str]) -> list[str]:
     """
     out: list[str] = []
     for arg in args:
-        if Path(arg).suffix.lower() in LIST_SUFFIXES and Path(arg).is_file():
-            base = Path(arg).parent
-            for line in Path(arg).read_text().splitlines():
+        where = Location(arg)
+        if PurePosixPath(where.name).suffix.lower() in LIST_SUFFIXES and where.is_file():
+            for line in where.read_bytes().decode().splitlines():
                 line = line.split("#", 1)[0].strip()
                 if line:
-                    path = line if "://" in line or Path(line).is_absolute() else str(base / line)
-                    out.extend(expand_scenes([path]))
+                    relative = not is_url(line) and not Path(line).is_absolute()
+                    out.extend(expand_scenes([str(where.parent / line) if relative else line]))
         elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
+            matches = (
+                expand_url_glob(arg) if is_url(arg) else sorted(glob.glob(arg, recursive=True))
+            )
             out.extend(matches if matches else [arg])
         else:
             out.append(arg)
@@ -97,7 +100,7 @@ class ScenePlan:
     info: SceneInfo
     bands: tuple[int, ...]
     grid: TileGrid
-    output: Path
+    output: Location
 
 
 def plan_scene(
@@ -117,4 +120,4 @@ def plan_scene(
     grid = plan_tiles(
         info.height, info.width, tile_size=settings.tile_size, overlap=settings.overlap
     )
-    return ScenePlan(info, bands, grid, Path(out_dir) / f"{scene_stem(scene)}.zarr")
+    return ScenePlan(info, bands, grid, Location(out_dir) / f"{scene_stem(scene)}.zarr")

@@ -18,6 +18,7 @@ from .inference import Predictor, default_device
 from .planning import plan_batches
 from .reading import TileReader, read_batch
 from .scenes import SegmentSettings, plan_scene
+from .storage import local_copy
 from .writing import staging_group
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def segment_scene(
     start = time.perf_counter()
     device = predictor.device.type if predictor else default_device()
     settings = (settings or SegmentSettings()).resolved(device)
+    model = local_copy(model)  # an s3:// checkpoint is fetched once, by ETag
     meta = predictor.meta if predictor else read_meta(model)
     plan = plan_scene(scene, meta=meta, out_dir=out_dir, settings=settings)
     if predictor is None:

