@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import hashlib
 import os
 import shutil
 import threading
@@ -33,10 +34,18 @@ from urllib.parse import urlsplit
 #: Retries of a request to object storage, and the longest it may keep retrying.
 S3_RETRIES = 6
 S3_RETRY_TIMEOUT = timedelta(seconds=120)
-_GDAL_RETRY = {"GDAL_HTTP_MAX_RETRY": "6", "GDAL_HTTP_RETRY_DELAY": "0.5"}
+_GDAL_RETRY = {
+    "GDAL_HTTP_MAX_RETRY": "6",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",  # a stalled request fails (and is retried)
+    "GDAL_HTTP_TIMEOUT": "60",
+    # Cache an object's bytes while it is open, not after: a scene replaced in the
+    # bucket is read anew by the next handle, never from this process's old copy.
+    "CPL_VSIL_CURL_NON_CACHED": "/vsis3/",
+}
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
-_stores: dict[tuple[str, str, str], Any] = {}
+_stores: dict[tuple[str, str, str, str], Any] = {}
 _lock = threading.Lock()
 _gdal_set: dict[str, str] = {}  # what this module put in os.environ, to update it alone
 
@@ -79,7 +88,11 @@ def _store(bucket: str, prefix: str = "") -> Any:
     from obstore.store import S3Store
 
     endpoint = _endpoint()
-    key = (bucket, prefix, endpoint)
+    # A store holds the credentials it was built with: a changed environment
+    # (another profile, a rotated key) builds another. Only a digest is kept.
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    secret = hashlib.sha256("|".join(os.environ.get(n, "") for n in names).encode()).hexdigest()
+    key = (bucket, prefix, endpoint, secret)
     with _lock:
         store = _stores.get(key)
         if store is None:

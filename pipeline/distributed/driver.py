@@ -210,6 +210,7 @@ def _start_run(
         out_dir = Location(out_dir)
         if out_dir.is_file():
             raise OutputError(f"{out_dir}: --out must be a folder, and this is a file.")
+        next(out_dir.list(), None)  # S3: a wrong secret or bucket fails here, nothing written
         model = str(model)
         local = local_copy(model)  # an s3:// checkpoint is fetched once, by ETag
     except (ValueError, OSError) as exc:
@@ -344,6 +345,7 @@ def _row(run: _Run, job: SceneJob, item: WorkItem) -> dict[str, Any]:
     """What the read stage needs for an item, as plain values."""
     return {
         "scene": job.scene,
+        "version": f"{job.plan.info.size_bytes}:{job.plan.info.mtime_ns}:{job.plan.info.etag}",
         "output": str(job.plan.output),
         "bands": list(job.plan.bands),
         "mean": list(run.meta.mean),

@@ -95,7 +95,9 @@ def decode_tiles(array: np.ndarray) -> list[Tile]:
 
 
 def _reader(row: dict[str, Any]) -> TileReader:
-    key = f"{row['scene']}|{list(row['bands'])}|{list(row['mean'])}|{list(row['std'])}"
+    # The source's version is part of the key: a scene replaced between runs of a
+    # long-lived worker is opened anew.
+    key = f"{row['scene']}|{row['version']}|{list(row['bands'])}|{list(row['mean'])}|{list(row['std'])}"
     return _READERS.get(
         key, lambda: TileReader(row["scene"], row["bands"], row["mean"], row["std"])
     )

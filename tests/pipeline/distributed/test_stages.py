@@ -59,6 +59,7 @@ def planned(make_scene, make_checkpoint, tmp_path):
 def _row(scene, meta, plan, batch):
     return {
         "scene": str(scene),
+        "version": "1",
         "output": str(plan.output),
         "bands": list(plan.bands),
         "mean": list(meta.mean),
