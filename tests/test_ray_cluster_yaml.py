@@ -58,3 +58,15 @@ def test_validation_catches_a_broken_config(config, key, value, message):
     config["available_node_types"]["gpu_worker"][key] = value
     with pytest.raises(jsonschema.ValidationError, match=message):
         validate_config(prepare_config(config))
+
+
+def test_the_s3_variant_needs_no_shared_file_system():
+    config = yaml.safe_load(CONFIG.with_name("ray_cluster_s3.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    setup = "\n".join(config["setup_commands"])
+    assert "/mnt/shared" not in setup and "mount" not in setup
+    assert "pip install -e ~/fcn-remote-sensing" in setup
+    # Every node gets its S3 credentials from an instance role, none from a file.
+    for node in config["available_node_types"].values():
+        assert node["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
+    assert not any("aws" in str(k).lower() for k in config["file_mounts"])
