@@ -19,6 +19,7 @@ from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.writing import is_complete, staging_path
+from tests.files import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -231,9 +232,3 @@ def test_ray_job_stop_records_interrupted_and_the_resubmission_resumes(
     # Only the batches not on disk were recomputed, and the bytes are the same.
     assert done["tiles_predicted"] <= 121 - partial + 1
     assert tree_bytes(out / "scene.zarr") == tree_bytes(tmp_path / "ref" / "scene.zarr")
-
-
-def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }

@@ -25,6 +25,7 @@ from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
 from fcnrs.pipeline.storage import Location, sync_gdal_env
 from fcnrs.pipeline.writing import is_complete
+from tests.files import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = SegmentSettings(tile_size=64, overlap=32, batch_size=2)
@@ -40,19 +41,13 @@ def upload(path: Path, url: str) -> str:
     return url
 
 
-def objects(where: str) -> dict[str, bytes]:
-    loc = Location(where)
-    return {k: (loc / k).read_bytes() for k in sorted(loc.list())}
-
-
 def labels(where: str | Path) -> np.ndarray:
     return zarr.open_group(Location(where).zarr_store(read_only=True), mode="r")["labels"][:]
 
 
 def chunk_objects(where: str | Path) -> dict[str, bytes]:
     """The label chunks (the attributes name the source, which differs by place)."""
-    loc = Location(where)
-    return {k: (loc / k).read_bytes() for k in sorted(loc.list()) if k.startswith("labels/")}
+    return {k: v for k, v in tree_bytes(where).items() if k.startswith("labels/")}
 
 
 @pytest.fixture
@@ -102,11 +97,11 @@ def test_s3_scenes_to_s3_labels_equal_a_local_run_then_skip_then_recompute(
     assert n == 2
 
     # The next night: both skipped, nothing rewritten.
-    before = objects(out)
+    before = tree_bytes(out)
     again = run_scenes(found, model=model, out_dir=out, settings=SETTINGS, progress=None,
                        engine="local")  # fmt: skip
     assert [r.status for r in again.rows] == ["skipped", "skipped"]
-    assert {k: v for k, v in objects(out).items() if "manifest" not in k} == {
+    assert {k: v for k, v in tree_bytes(out).items() if "manifest" not in k} == {
         k: v for k, v in before.items() if "manifest" not in k
     }
     # A scene replaced in the bucket (same name, new content) is recomputed.
@@ -170,8 +165,8 @@ def test_a_run_killed_mid_scene_resumes_on_s3_to_the_same_bytes(
     assert "resuming" in resumed.stderr
     row = read_manifest(out).to_pylist()[-1]
     assert row["status"] == "done" and row["tiles_predicted"] <= 100 - partial + 1
-    published = {k: v for k, v in objects(out).items() if k.startswith("big.zarr/")}
-    expected = {k: v for k, v in objects(ref).items() if k.startswith("big.zarr/")}
+    published = {k: v for k, v in tree_bytes(out).items() if k.startswith("big.zarr/")}
+    expected = {k: v for k, v in tree_bytes(ref).items() if k.startswith("big.zarr/")}
     assert published == expected
 
 

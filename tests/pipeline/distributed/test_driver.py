@@ -23,15 +23,10 @@ from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
 from fcnrs.pipeline.writing import is_complete, staging_path
+from tests.files import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = SegmentSettings(tile_size=128, overlap=64, batch_size=2)
-
-
-def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
 
 
 def labels(path: Path) -> np.ndarray:

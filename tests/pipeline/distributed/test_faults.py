@@ -16,17 +16,12 @@ from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import SegmentSettings
 from tests import faults
+from tests.files import tree_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = SegmentSettings(tile_size=64, overlap=32, batch_size=4)
 # The poison scene's poison tile: the interior one at row 64, col 64.
 POISON_WINDOW = "rows 64-128, cols 64-128"
-
-
-def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.fixture
