@@ -210,7 +210,8 @@ def _start_run(
         out_dir = Location(out_dir)
         if out_dir.is_file():
             raise OutputError(f"{out_dir}: --out must be a folder, and this is a file.")
-        next(out_dir.list(), None)  # S3: a wrong secret or bucket fails here, nothing written
+        if out_dir.remote:  # a wrong secret or bucket fails here, before anything is written
+            next(out_dir.list(), None)
         model = str(model)
         local = local_copy(model)  # an s3:// checkpoint is fetched once, by ETag
     except (ValueError, OSError) as exc:

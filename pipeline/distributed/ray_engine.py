@@ -44,7 +44,6 @@ START_TIMEOUT_S = 600.0
 @dataclass
 class _Replica:
     actor: Any
-    name: str
     items: dict[int, WorkItem] = field(default_factory=dict)  # in flight, by submission
     dead: bool = False
     lost: list[tuple[int, WorkItem, Failure]] = field(default_factory=list)
@@ -158,7 +157,7 @@ class RayEngine:
     def _started(self, ref: Any) -> None:
         actor = self.starting.pop(ref)
         try:
-            name = self.ray.get(ref)
+            self.ray.get(ref)  # raises what the constructor raised
         except Exception as exc:
             # The constructor's own exception is the last line of Ray's message.
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -171,7 +170,7 @@ class RayEngine:
                 self._start()
             return
         self.start_failures = 0
-        self.replicas.append(_Replica(actor, name))
+        self.replicas.append(_Replica(actor))
 
     def _lose(self, replica: _Replica) -> None:
         """A replica's process died: replace it with a fresh one."""
