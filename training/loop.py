@@ -1,7 +1,7 @@
 """The training loop: model and optimizer, epochs, validation, checkpoints.
 
 Two runners share every step below (:class:`~fcnrs.training.sampling.WindowSampler`,
-:func:`run_epoch`, :func:`validate_and_checkpoint`, :func:`export_best`):
+:func:`run_epoch`, :func:`end_epoch`, :func:`export_best`):
 
 - :func:`train_loop_per_worker` is the module-level loop a Ray Train
   ``TorchTrainer`` runs on each worker: the model is wrapped for DDP by
@@ -24,7 +24,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from fcnrs.fcn_model import build_model, load_checkpoint, load_vgg16_weights, save_checkpoint
+from fcnrs.pipeline.inference import resolve_precision
 
-from .sampling import IGNORE_INDEX, WindowSampler
+from .sampling import IGNORE_INDEX, Prefetcher, WindowSampler
 from .settings import TrainSettings
 from .validation import val_metrics, validate
 
@@ -63,6 +64,10 @@ def initial_model(s: TrainSettings) -> torch.nn.Module:
         width=s.width,  # type: ignore[arg-type]
         skip_scaling=s.optimizer == "sgd",
     )
+    if s.weight_init == "pytorch":
+        for module in model.modules():
+            if hasattr(module, "reset_parameters") and module.weight.requires_grad:
+                module.reset_parameters()  # torch's default: Kaiming-uniform, a = sqrt(5)
     if s.init_vgg16:
         load_vgg16_weights(model, s.init_vgg16)
     if s.init:
@@ -81,12 +86,21 @@ def initial_model(s: TrainSettings) -> torch.nn.Module:
     return model
 
 
+#: Adam's peak learning rate by default (measured against 1e-3: see the README).
+ADAM_LR = 2e-3
+
+
+def base_lr(s: TrainSettings) -> float:
+    """The peak learning rate: ``s.lr``, else :data:`ADAM_LR` or the paper's SGD 1e-4."""
+    return s.lr or (1e-4 if s.optimizer == "sgd" else ADAM_LR)
+
+
 def make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    """Adam (lr 1e-3) by default; ``sgd`` is the paper's (momentum 0.99, lr 1e-4)."""
+    """Adam by default; ``sgd`` is the paper's (momentum 0.99, weight decay 5e-4)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr or 1e-4, momentum=0.99, weight_decay=5e-4)
-    return torch.optim.Adam(params, lr=s.lr or 1e-3)
+        return torch.optim.SGD(params, lr=base_lr(s), momentum=0.99, weight_decay=5e-4)
+    return torch.optim.Adam(params, lr=base_lr(s))
 
 
 @dataclass
@@ -97,6 +111,10 @@ class Progress:
     epoch: int = -1
     best: float = -math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: Optimizer steps taken so far (the learning-rate schedule's position).
+    steps: int = 0
+    #: Seconds rank 0 has spent validating and checkpointing so far.
+    overhead_s: float = 0.0
 
 
 @dataclass
@@ -124,6 +142,8 @@ def save_state(
             "best": progress.best,
             # JSON text: weights_only loading takes tensors and plain containers only.
             "history": json.dumps(progress.history),
+            "steps": progress.steps,
+            "overhead_s": progress.overhead_s,
         },
         path,
     )
@@ -133,7 +153,13 @@ def save_state(
 def load_state(directory: str | Path) -> TrainState:
     """Read what :func:`save_state` wrote (tensors only, no pickled code)."""
     state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    progress = Progress(state["epoch"], state["best"], json.loads(state["history"]))
+    progress = Progress(
+        state["epoch"],
+        state["best"],
+        json.loads(state["history"]),
+        int(state.get("steps", 0)),
+        float(state.get("overhead_s", 0.0)),
+    )
     return TrainState(state["model"], state["optimizer"], progress)
 
 
@@ -152,65 +178,154 @@ def initial_state(
     return model, optimizer, state.progress
 
 
-# -- one epoch -----------------------------------------------------------------------
+# -- the budget, the schedule and one epoch --------------------------------------------
+
+#: Seconds a time-limited run keeps at its end for the last report, the export and
+#: the worker group's shutdown (Ray Train took 3-5 s here; see the README).
+SHUTDOWN_S = 8.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The job's wall-clock budget: ``start`` is when the job began (``time.time()``,
+    process start-up included), ``deadline`` when it must have ended (None: no limit)."""
+
+    start: float
+    deadline: float | None = None
+
+    @classmethod
+    def minutes(cls, minutes: float | None, start: float | None = None) -> Budget:
+        start = time.time() if start is None else start
+        return cls(start, start + 60 * minutes if minutes else None)
+
+    def stop_at(self, reserve: float) -> float | None:
+        """When training must stop to leave ``reserve`` seconds before the deadline."""
+        return None if self.deadline is None else self.deadline - reserve
+
+
+#: The ``wsd`` schedule's decay: the last share of the run, linearly to zero.
+DECAY_SHARE = 0.3
+
+
+def lr_factor(s: TrainSettings, step: int, progress: float) -> float:
+    """The learning rate's multiplier at ``step``, after a linear warm-up over
+    ``s.warmup_steps``: ``constant``; ``cosine`` decays to zero as ``progress`` (0 to
+    1, the larger of the step and time fractions) runs out; ``wsd`` (warm-up,
+    stable, decay) holds the rate and decays it linearly to zero over the last
+    :data:`DECAY_SHARE` of the run."""
+    warm = min(1.0, (step + 1) / max(s.warmup_steps, 1))
+    progress = min(max(progress, 0.0), 1.0)
+    if s.schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * progress))
+    if s.schedule == "wsd":
+        return warm * min(1.0, (1 - progress) / DECAY_SHARE)
+    return warm
 
 
 @dataclass(frozen=True)
 class EpochResult:
-    """Per-step losses of an epoch, and whether the deadline cut it short."""
+    """Per-step losses of an epoch, whether the deadline cut it short, the seconds
+    its steps took and the windows they trained on."""
 
     losses: tuple[float, ...]
     stopped: bool
+    seconds: float = 0.0
+    windows: int = 0
 
     @property
     def loss(self) -> float:
         return float(np.mean(self.losses)) if self.losses else float("nan")
 
 
+@dataclass
+class Pace:
+    """What a step needs to know of the run's clock: the budget, the step count so
+    far, and the seconds rank 0 keeps for its last validation and the shutdown."""
+
+    budget: Budget
+    total_steps: int
+    step: int = 0
+    reserve: float = SHUTDOWN_S
+
+    def agree(self, s: TrainSettings, device: torch.device) -> tuple[bool, float]:
+        """Whether to stop now, and the learning-rate factor, the same on every rank
+        (a collective under DDP: every rank calls it once per step)."""
+        import torch.distributed as dist
+
+        now = time.time()
+        stop_at = self.budget.stop_at(self.reserve)
+        fraction = self.step / max(self.total_steps, 1)
+        if stop_at is not None:
+            fraction = max(
+                fraction, (now - self.budget.start) / max(stop_at - self.budget.start, 1)
+            )
+        mine = torch.tensor(
+            [float(stop_at is not None and now > stop_at), lr_factor(s, self.step, fraction)],
+            dtype=torch.float64,
+            device=device,
+        )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(mine, op=dist.ReduceOp.MAX)  # rank 0 holds the largest reserve
+        return bool(mine[0]), float(mine[1])
+
+
 def run_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    sampler: WindowSampler,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
-    steps: int,
+    settings: TrainSettings,
+    pace: Pace,
     device: torch.device,
-    deadline: float | None = None,
 ) -> EpochResult:
-    """Up to ``steps`` optimizer steps on the sampler's batches.
+    """Optimizer steps on ``batches`` until they run out or the budget says stop.
 
     Parameters
     ----------
     model
         What the batches go through (DDP-wrapped under Ray Train); set to training mode.
     optimizer
-        Steps the model's parameters.
-    sampler
-        Gives the batches (its epoch already set).
-    steps
-        Steps to take.
+        Steps the model's parameters (fp32 master weights); its learning rate is
+        set each step from the schedule (:func:`lr_factor`).
+    batches
+        Images and targets (a :class:`~fcnrs.training.sampling.Prefetcher`).
+    settings
+        Precision, class weights and the schedule.
+    pace
+        The budget and the step count, advanced here.
     device
         Where the batches are moved.
-    deadline
-        ``time.time()`` past which no further step starts (None: no limit).
 
     Returns
     -------
     EpochResult
-        The losses of the steps taken, and ``stopped`` when the deadline cut the
-        epoch short.
+        The losses of the steps taken, ``stopped`` when the budget cut the epoch
+        short, and the seconds and windows of the steps.
     """
     model.train()
+    base = base_lr(settings)
+    weight = torch.tensor(settings.class_weights, device=device) if settings.class_weights else None
+    bf16 = resolve_precision(settings.precision, device.type) == "bf16"
     losses: list[float] = []
-    for _step in range(steps):
-        if deadline and time.time() > deadline:
-            return EpochResult(tuple(losses), stopped=True)
-        x, y = sampler.batch()
-        loss = F.cross_entropy(model(x.to(device)), y.to(device), ignore_index=IGNORE_INDEX)
-        optimizer.zero_grad()
+    windows, started = 0, time.perf_counter()
+    for x, y in batches:
+        stop, factor = pace.agree(settings, device)
+        if stop:
+            return EpochResult(tuple(losses), True, time.perf_counter() - started, windows)
+        for group in optimizer.param_groups:
+            group["lr"] = base * factor
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x.to(device, non_blocking=True))
+        loss = F.cross_entropy(
+            logits.float(), y.to(device), weight=weight, ignore_index=IGNORE_INDEX
+        )
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    return EpochResult(tuple(losses), stopped=False)
+        windows += len(x)
+        pace.step += 1
+    return EpochResult(tuple(losses), False, time.perf_counter() - started, windows)
 
 
 def gather_ranks(result: EpochResult, device: torch.device) -> list[dict[str, float]]:
@@ -230,12 +345,17 @@ def gather_ranks(result: EpochResult, device: torch.device) -> list[dict[str, fl
 def epoch_metrics(
     epoch: int, result: EpochResult, ranks: list[dict[str, float]], *, resumed_from: int
 ) -> dict[str, Any]:
-    """What every rank reports about its epoch (rank 0 adds the val scores)."""
+    """What every rank reports about its epoch (rank 0 adds validation and overhead)."""
     return {
         "epoch": epoch,
         "loss": result.loss,
         "steps": len(result.losses),
+        "windows": result.windows,
+        "train_seconds": result.seconds,
+        "steps_per_s": len(result.losses) / result.seconds if result.seconds else 0.0,
+        "windows_per_s": result.windows / result.seconds if result.seconds else 0.0,
         "time_limit_reached": result.stopped,
+        "threads": torch.get_num_threads(),
         "resumed_from_epoch": resumed_from,
         "world_size": len(ranks),
     }
@@ -244,15 +364,17 @@ def epoch_metrics(
 # -- the end of an epoch ---------------------------------------------------------------
 
 
-def validate_and_checkpoint(
+def end_epoch(
     worker: Worker,
     progress: Progress,
     metrics: dict[str, Any],
     report: Report,
     *,
+    validate_now: bool,
+    last: bool,
     record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Rank 0's end of an epoch: validate, record, export if best, checkpoint.
+    """Rank 0's end of an epoch: validate (when asked), record, export, checkpoint.
 
     Parameters
     ----------
@@ -260,36 +382,57 @@ def validate_and_checkpoint(
         Rank 0's model (``worker.net`` is validated, saved and exported) and optimizer.
     progress
         Updated in place: the epoch becomes the last finished one, its record is
-        appended to the history, and ``best`` rises when the val mean IoU beats it
-        (strictly), in which case the model is exported (:func:`export_best`).
+        appended to the history, ``best`` rises when the val mean IoU beats it
+        (strictly), and ``overhead_s`` grows by this end's seconds.
     metrics
         The epoch's metrics (:func:`epoch_metrics`).
     report
-        Called with the metrics and scores, and a folder holding the training state
-        (:func:`save_state`), which is deleted when ``report`` returns.
+        Called with the metrics (and scores), and a folder holding the training
+        state (:func:`save_state`), which is deleted when ``report`` returns.
+    validate_now
+        Score the val scenes; a better mean IoU exports the model.
+    last
+        The run's last epoch: without val scenes, the model is exported now.
     record
         More fields for the history record only (not reported).
 
     Returns
     -------
     dict
-        The metrics with the val scores, as reported.
+        The metrics as reported.
     """
-    val = validate(worker.net, worker.settings, worker.device)
-    metrics = {**metrics, **val_metrics(val)}
-    progress.history.append({**metrics, **(record or {}), "confusion": val["confusion"]})
+    started = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if validate_now:
+        val = validate(worker.net, worker.settings, worker.device)
+        metrics = {**metrics, **val_metrics(val)}
+        extra["confusion"] = val["confusion"]
+        if val["mean_iou"] > progress.best:
+            progress.best = val["mean_iou"]
+            export_best(worker.net, worker.settings, metrics["epoch"], val)
+    elif last and not worker.settings.val_scenes:
+        export_best(worker.net, worker.settings, metrics["epoch"], None)
+    metrics["validated"] = validate_now
+    metrics["val_seconds"] = time.perf_counter() - started
     progress.epoch = metrics["epoch"]
-    if val["mean_iou"] > progress.best:
-        progress.best = val["mean_iou"]
-        export_best(worker.net, worker.settings, metrics["epoch"], val)
+    progress.steps += metrics["steps"]
+    progress.history.append({**metrics, **(record or {}), **extra})
     with tempfile.TemporaryDirectory() as d:
+        saving = time.perf_counter()
         save_state(d, worker.net, worker.optimizer, progress)
         report(metrics, Path(d))  # Ray Train copies the folder before this returns
+        # Known once saved: the saved state's last record lacks it.
+        metrics["checkpoint_seconds"] = time.perf_counter() - saving
+    progress.history[-1]["checkpoint_seconds"] = metrics["checkpoint_seconds"]
+    progress.overhead_s += time.perf_counter() - started
     return metrics
 
 
-def export_best(model: torch.nn.Module, s: TrainSettings, epoch: int, val: dict) -> None:
-    """Write ``<out>/best`` (a checkpoint the nightly job takes as it is) and its report."""
+def export_best(
+    model: torch.nn.Module, s: TrainSettings, epoch: int, val: dict[str, Any] | None
+) -> None:
+    """Write ``<out>/best`` (a checkpoint the nightly job takes as it is) and its
+    report; ``val`` None: the run has no val scenes and this is its last model."""
     out = Path(s.out)
     save_checkpoint(
         out / "best",
@@ -302,12 +445,13 @@ def export_best(model: torch.nn.Module, s: TrainSettings, epoch: int, val: dict)
         provenance={
             "trained_by": s.trained_by,
             "epoch": epoch,
-            "val_mean_iou": val["mean_iou"],
+            "val_mean_iou": val["mean_iou"] if val else None,
             "init": s.init or s.init_vgg16 or "scratch",
             "scenes": [asdict(sc) for sc in s.scenes],
         },
     )
-    (out / "best_report.json").write_text(json.dumps({"epoch": epoch, **val}, indent=2))
+    report = {"epoch": epoch, **val} if val else {"epoch": epoch, "validated": False}
+    (out / "best_report.json").write_text(json.dumps(report, indent=2))
 
 
 # -- the epochs, for either runner ------------------------------------------------------
@@ -326,44 +470,79 @@ class Worker:
     rank: int = 0
 
 
+def due_for_validation(s: TrainSettings, progress: Progress, budget: Budget, last: bool) -> bool:
+    """Validate at the last epoch, and before it only while validation and checkpoints
+    stay within ``s.val_share`` of the time so far (the first time, to measure them)."""
+    if not s.val_scenes:
+        return False
+    if last:
+        return True
+    cost = last_val_seconds(progress)
+    return progress.overhead_s + cost <= s.val_share * (time.time() - budget.start)
+
+
 def train_epochs(
     worker: Worker,
     progress: Progress,
     report: Report,
     *,
-    deadline: float | None,
+    budget: Budget,
     resumed_from: int = -1,
 ) -> Progress:
-    """Epochs ``progress.epoch + 1 ..`` up to the settings' count or the deadline.
+    """Epochs ``progress.epoch + 1 ..`` up to the settings' count or the budget.
 
-    Every rank reports each epoch; rank 0 validates and attaches the checkpoint
-    (:func:`validate_and_checkpoint`). ``resumed_from`` is the checkpoint's epoch
-    when the run restarted from one (-1 otherwise), reported on the first epoch.
+    Every rank reports each epoch; rank 0 validates when due
+    (:func:`due_for_validation`) and attaches the checkpoint (:func:`end_epoch`).
+    ``resumed_from`` is the checkpoint's epoch when the run restarted from one (-1
+    otherwise), reported on the first epoch.
     """
     s = worker.settings
     first = progress.epoch + 1
+    pace = Pace(budget, total_steps=s.epochs * s.steps_per_epoch, step=progress.steps)
     with WindowSampler(s, rank=worker.rank, epoch=first) as sampler:
         for epoch in range(first, s.epochs):
             sampler.set_epoch(epoch)
-            result = run_epoch(
-                worker.model,
-                worker.optimizer,
-                sampler,
-                steps=s.steps_per_epoch,
-                device=worker.device,
-                deadline=deadline,
-            )
+            pace.reserve = SHUTDOWN_S + 1.5 * last_val_seconds(progress) * (worker.rank == 0)
+            with Prefetcher(sampler, s.steps_per_epoch) as batches:
+                result = run_epoch(
+                    worker.model,
+                    worker.optimizer,
+                    batches,
+                    settings=s,
+                    pace=pace,
+                    device=worker.device,
+                )
             ranks = gather_ranks(result, worker.device)
             # The checkpoint's epoch on the first epoch after a restart, else -1.
             resumed = resumed_from if epoch == first else -1
             metrics = epoch_metrics(epoch, result, ranks, resumed_from=resumed)
+            last = result.stopped or epoch == s.epochs - 1
             if worker.rank == 0:
-                validate_and_checkpoint(worker, progress, metrics, report, record={"ranks": ranks})
+                end_epoch(
+                    worker,
+                    progress,
+                    metrics,
+                    report,
+                    validate_now=due_for_validation(s, progress, budget, last),
+                    last=last,
+                    record={"ranks": ranks, "lr": worker.optimizer.param_groups[0]["lr"]},
+                )
             else:
+                progress.steps += metrics["steps"]
                 report(metrics, None)
             if result.stopped:
                 break
     return progress
+
+
+def last_val_seconds(progress: Progress) -> float:
+    """The latest validation's seconds, checkpoint included (0 before the first)."""
+    timed = [
+        h["val_seconds"] + h.get("checkpoint_seconds", 0.0)
+        for h in progress.history
+        if h.get("validated")
+    ]
+    return timed[-1] if timed else 0.0
 
 
 # -- the runners ---------------------------------------------------------------------
@@ -380,8 +559,8 @@ def _ray_report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker loop (see the module docstring).
 
-    ``config`` holds ``settings`` (a :class:`TrainSettings`) and ``deadline``
-    (seconds since the epoch, or None), the same for every worker.
+    ``config`` holds ``settings`` (a :class:`TrainSettings`) and ``budget`` (a
+    :class:`Budget`), the same for every worker.
     """
     import ray.train
     from ray.train.torch import get_device, prepare_model
@@ -403,9 +582,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rank=ray.train.get_context().get_world_rank(),
     )
     resumed_from = progress.epoch if checkpoint else -1
-    train_epochs(
-        worker, progress, _ray_report, deadline=config["deadline"], resumed_from=resumed_from
-    )
+    train_epochs(worker, progress, _ray_report, budget=config["budget"], resumed_from=resumed_from)
 
 
 def _log_report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
@@ -447,13 +624,8 @@ def train_in_process(
         ``<out>/best``, its scores at ``<out>/best_report.json``.
     """
     device = torch.device(device)
-    deadline = job_deadline(settings.time_limit_minutes)
+    budget = Budget.minutes(settings.time_limit_minutes)
     model, optimizer, progress = initial_state(settings)
     model.to(device)
     worker = Worker(settings, model=model, net=model, optimizer=optimizer, device=device)
-    return train_epochs(worker, progress, report or _log_report, deadline=deadline)
-
-
-def job_deadline(minutes: float | None) -> float | None:
-    """The wall-clock time (``time.time()``) at which ``minutes`` from now end."""
-    return time.time() + minutes * 60 if minutes else None
+    return train_epochs(worker, progress, report or _log_report, budget=budget)

@@ -11,7 +11,9 @@ pixel the image marks invalid, through :data:`IGNORE_INDEX`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from typing import NamedTuple
 
@@ -151,13 +153,187 @@ def band_statistics(
     return tuple(float(v) for v in mean), tuple(float(max(v, 1e-6)) for v in std)
 
 
+class FileScene:
+    """A training scene read window by window from its image and label files, both
+    opened once and kept open until :meth:`close`."""
+
+    def __init__(self, scene: LabeledScene, settings: TrainSettings) -> None:
+        self.s = settings
+        self._files = ExitStack()
+        try:
+            self.image = self._files.enter_context(open_raster(scene.image))
+            self.label = self._files.enter_context(open_raster(scene.label))
+        except BaseException:
+            self._files.close()
+            raise
+        self.shape = (self.image.height, self.image.width)
+
+    def read(self, window: Window) -> LabeledWindow:
+        return read_labeled_window(
+            self.image,
+            self.label,
+            window,
+            bands=self.s.bands,
+            num_classes=len(self.s.classes),
+            ignore_value=self.s.ignore_value,
+        )
+
+    def close(self) -> None:
+        self._files.close()
+
+
+class MemoryScene:
+    """A training scene read whole once (the same rule as :class:`FileScene`);
+    windows are copies cut from memory."""
+
+    def __init__(self, scene: FileScene) -> None:
+        self.shape = scene.shape
+        whole = scene.read(Window(0, 0, *scene.shape))
+        self.raw, self.band_valid = whole.raw, whole.band_valid
+        self.target = whole.target.astype(np.int16)  # IGNORE_INDEX fits int16
+
+    @staticmethod
+    def bytes_needed(shape: tuple[int, int], bands: int) -> int:
+        """Memory a scene of ``shape`` takes: float32 values, validity, int16 targets."""
+        return shape[0] * shape[1] * (bands * 5 + 2)
+
+    def read(self, window: Window) -> LabeledWindow:
+        rows = slice(window.row, window.row + window.height)
+        cols = slice(window.col, window.col + window.width)
+        return LabeledWindow(
+            self.raw[:, rows, cols].copy(),
+            self.band_valid[:, rows, cols],
+            self.target[rows, cols].astype(np.int64),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def open_sources(settings: TrainSettings) -> list[FileScene | MemoryScene]:
+    """One source per training scene: scenes are held in memory, in table order,
+    while they fit ``settings.memory_budget_mb``; the rest are read from their
+    files through handles kept open."""
+    budget = settings.memory_budget_mb * 2**20
+    sources: list[FileScene | MemoryScene] = []
+    try:
+        for scene in settings.train_scenes:
+            source = FileScene(scene, settings)
+            sources.append(source)
+            need = MemoryScene.bytes_needed(source.shape, len(settings.bands))
+            if need <= budget:
+                budget -= need
+                sources[-1] = MemoryScene(source)
+                source.close()
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    return sources
+
+
+def class_counts(
+    scenes: Sequence[LabeledScene],
+    settings: TrainSettings,
+    *,
+    samples: int = 64,
+    size: int = 256,
+    seed: int = 0,
+) -> np.ndarray:
+    """Labelled pixels per class in random windows of the training scenes (a
+    sample, like :func:`band_statistics`), for the loss's class weights."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(len(settings.classes), dtype=np.int64)
+    train = [s for s in scenes if s.split == "train"]
+    for k in range(samples):
+        with open_raster(train[k % len(train)].label) as label:
+            window = _random_window(rng, label.height, label.width, size)
+            target = read_targets(
+                label,
+                window,
+                num_classes=len(settings.classes),
+                ignore_value=settings.ignore_value,
+            )
+        counts += np.bincount(target[target != IGNORE_INDEX], minlength=len(counts))
+    return counts
+
+
+def class_weights(counts: np.ndarray, power: float) -> tuple[float, ...]:
+    """Loss weights ``(1 / frequency) ** power``, scaled so that the average weight
+    over the labelled pixels is 1 (the loss keeps its scale); a class never seen
+    gets the largest weight of the seen ones. ``power`` 0 weighs all classes alike."""
+    freq = counts / max(counts.sum(), 1)
+    seen = freq > 0
+    w = np.ones(len(counts))
+    if power and seen.any():
+        w[seen] = freq[seen] ** -power
+        w[~seen] = w[seen].max()
+        w /= (freq * w).sum() if seen.any() else 1.0
+    return tuple(float(v) for v in w)
+
+
+class Prefetcher:
+    """Batches from a sampler made on a background thread, ``depth`` ahead, so
+    reading and augmenting overlap the training step.
+
+    Iterating yields exactly ``steps`` batches; :meth:`close` (or leaving the
+    ``with`` block) stops the thread early. The sampler is used by the thread
+    only, so its random streams, and so the batches, are the same as without it.
+    """
+
+    def __init__(self, sampler: WindowSampler, steps: int, depth: int = 2) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._steps = steps
+        self._thread = threading.Thread(
+            target=self._produce, args=(sampler,), name="window-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, sampler: WindowSampler) -> None:
+        try:
+            for _ in range(self._steps):
+                if not self._put(sampler.batch()):
+                    return
+        except BaseException as exc:  # handed to the training thread
+            self._put(exc)
+
+    def _put(self, item: object) -> bool:
+        """Queue ``item`` unless stopped first; False when stopped."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(self._steps):
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class WindowSampler:
     """Random training windows for one worker, with flips and 90-degree rotations,
     and with ``brightness = b > 0`` a random gain on the raw bands.
 
-    The sampler opens every training scene and its labels once and keeps them
-    open for its life (close it, or use it as a context manager): a window is a
-    read from GDAL's block cache, not a file open and a decompression.
+    Training scenes that fit the settings' memory budget are read whole once and
+    windows are cut from memory; the others are opened once and kept open for the
+    sampler's life (close it, or use it as a context manager), so a window is a
+    read from GDAL's block cache, not a file open (:func:`open_sources`).
 
     Windows are seeded by ``(seed, rank, epoch)``, so ranks draw different
     windows and a resumed epoch draws the same ones; :meth:`set_epoch` reseeds.
@@ -183,24 +359,18 @@ class WindowSampler:
         self.s = settings
         self.rank = rank
         self.train = settings.train_scenes
-        self._files = ExitStack()
-        try:
-            self.sources = [
-                (
-                    self._files.enter_context(open_raster(scene.image)),
-                    self._files.enter_context(open_raster(scene.label)),
-                )
-                for scene in self.train
-            ]
-        except BaseException:
-            self._files.close()
-            raise
-        self.shapes = [(image.height, image.width) for image, _ in self.sources]
+        self.sources = open_sources(settings)
+        self.shapes = [source.shape for source in self.sources]
         # Windows stack into batches: never larger than the smallest training scene.
         self.size = min([settings.window] + [min(shape) for shape in self.shapes])
         self.mean = np.asarray(settings.mean, np.float32)
         self.std = np.asarray(settings.std, np.float32)
         self.set_epoch(epoch)
+
+    @property
+    def in_memory(self) -> int:
+        """How many training scenes are held in memory (the rest are read from files)."""
+        return sum(isinstance(source, MemoryScene) for source in self.sources)
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed for ``epoch`` and restart the class counts of the oversampling."""
@@ -216,13 +386,7 @@ class WindowSampler:
             h, w = self.shapes[k]
             r = int(self.rng.integers(0, max(h - self.size, 0) + 1))
             c = int(self.rng.integers(0, max(w - self.size, 0) + 1))
-            item = read_labeled_window(
-                *self.sources[k],
-                Window(r, c, self.size, self.size),
-                bands=self.s.bands,
-                num_classes=len(self.s.classes),
-                ignore_value=self.s.ignore_value,
-            )
+            item = self.sources[k].read(Window(r, c, self.size, self.size))
             labels = item.target[item.target != IGNORE_INDEX]
             if labels.size == 0:
                 continue
@@ -272,7 +436,8 @@ class WindowSampler:
         )
 
     def close(self) -> None:
-        self._files.close()
+        for source in self.sources:
+            source.close()
 
     def __enter__(self) -> WindowSampler:
         return self

@@ -52,6 +52,24 @@ class TrainSettings:
         Per-band normalisation (from :func:`fcnrs.training.sampling.band_statistics`).
     trained_by
         Recorded in the exported checkpoint's provenance.
+    precision
+        ``auto`` (bf16 autocast where the device runs it fast, fp32 master
+        weights either way), ``bf16`` or ``fp32``.
+    schedule, warmup_steps
+        ``wsd`` (hold, then decay linearly to zero over the last 30% of the run's
+        steps or time, whichever ends first), ``cosine`` or ``constant``, after a
+        linear warm-up (:func:`fcnrs.training.loop.lr_factor`).
+    class_weights
+        The loss's per-class weights (empty: all 1).
+    memory_budget_mb
+        Training scenes are held in memory, per worker, while they fit this.
+    weight_init
+        ``he`` (the network's own: He-normal trunk, small score layers) or
+        ``pytorch`` (each layer's ``reset_parameters``) for layers not loaded
+        from ``init_vgg16`` or ``init``.
+    val_share
+        Validation and checkpoints, after the first, run only while their time
+        stays within this share of the time so far (the last epoch always validates).
     """
 
     scenes: tuple[LabeledScene, ...]
@@ -59,10 +77,10 @@ class TrainSettings:
     colors: tuple[tuple[int, int, int], ...]
     bands: tuple[int, ...]
     out: str
-    variant: str = "fcn8s"
+    variant: str = "fcn4s"
     width: float = 0.25
-    window: int = 128
-    batch_size: int = 8
+    window: int = 256
+    batch_size: int = 4
     epochs: int = 10
     steps_per_epoch: int = 100
     time_limit_minutes: float | None = None
@@ -79,6 +97,13 @@ class TrainSettings:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     trained_by: str = "jobs/finetune.py"
+    precision: str = "auto"
+    schedule: str = "wsd"
+    warmup_steps: int = 50
+    class_weights: tuple[float, ...] = ()
+    memory_budget_mb: float = 2048.0
+    val_share: float = 0.1
+    weight_init: str = "pytorch"
 
     @property
     def train_scenes(self) -> tuple[LabeledScene, ...]:

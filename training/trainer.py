@@ -20,8 +20,8 @@ from typing import Any
 from fcnrs.pipeline.reading import open_raster
 
 from .data import LabeledScene, parse_classes, read_scene_table
-from .loop import job_deadline, load_state, train_loop_per_worker
-from .sampling import band_statistics
+from .loop import Budget, load_state, train_loop_per_worker
+from .sampling import band_statistics, class_counts, class_weights
 from .settings import TrainSettings
 
 log = logging.getLogger("fcnrs.finetune")
@@ -53,7 +53,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         width=args.width,
         window=args.window,
         batch_size=args.batch_size,
-        epochs=args.epochs,
+        epochs=args.epochs or (UNLIMITED_EPOCHS if args.time_limit else 10),
         steps_per_epoch=args.steps_per_epoch,
         time_limit_minutes=args.time_limit,
         optimizer=args.optimizer,
@@ -64,13 +64,43 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         init_vgg16=args.init_vgg16,
         init=args.init,
         seed=args.seed,
+        precision=args.precision,
+        schedule=args.schedule,
+        weight_init=args.weight_init,
+        memory_budget_mb=args.memory_budget,
+        val_share=args.val_share,
     )
     mean, std = band_statistics(scenes, bands, seed=args.seed)
     log.info("band mean %s, std %s", [round(v, 1) for v in mean], [round(v, 1) for v in std])
-    return replace(settings, mean=mean, std=std)
+    counts = class_counts(scenes, settings, seed=args.seed)
+    weights = class_weights(counts, WEIGHTING_POWERS[args.class_weighting])
+    log.info(
+        "labelled pixels per class (sampled) %s; loss weights %s",
+        counts.tolist(),
+        [round(w, 2) for w in weights],
+    )
+    return replace(settings, mean=mean, std=std, class_weights=weights)
 
 
-def make_trainer(settings: TrainSettings, args: argparse.Namespace) -> Any:
+#: Epochs of a time-limited run without ``--epochs``: the time limit ends it.
+UNLIMITED_EPOCHS = 1_000_000
+
+#: ``--class-weighting``: the power of the inverse class frequency in the loss weights.
+WEIGHTING_POWERS = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}
+
+
+def cpus_per_worker(args: argparse.Namespace) -> float:
+    """``--cpus-per-worker``, or by default the cluster's CPUs shared out among the
+    workers, at most one node's worth (torch's threads follow it)."""
+    if args.cpus_per_worker:
+        return args.cpus_per_worker
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    return max(1.0, min(max(nodes, default=1.0), sum(nodes) // args.num_workers))
+
+
+def make_trainer(settings: TrainSettings, args: argparse.Namespace, budget: Budget) -> Any:
     """A ``TorchTrainer`` running the per-worker loop on ``args.num_workers`` workers,
     restarting the group up to ``args.max_failures`` times from its last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -78,13 +108,13 @@ def make_trainer(settings: TrainSettings, args: argparse.Namespace) -> Any:
 
     return TorchTrainer(
         train_loop_per_worker,
-        # The deadline is set here, once: restarted workers keep the same one.
-        train_loop_config={"settings": settings, "deadline": job_deadline(args.time_limit)},
+        # The budget is set once, from the job's start: restarted workers keep it.
+        train_loop_config={"settings": settings, "budget": budget},
         scaling_config=ScalingConfig(
             num_workers=args.num_workers,
             use_gpu=args.use_gpu,
             resources_per_worker={
-                "CPU": args.cpus_per_worker,
+                "CPU": cpus_per_worker(args),
                 **({"GPU": 1} if args.use_gpu else {}),
             },
         ),
@@ -107,11 +137,18 @@ def write_report(out: str | Path, history: list[dict[str, Any]]) -> dict[str, An
 
 
 def finetune(args: argparse.Namespace) -> int:
-    """The whole job (Ray must be initialised): 0 once ``OUT/best`` exists, else 1."""
+    """The whole job (Ray must be initialised): 0 once ``OUT/best`` exists, else 1.
+
+    ``--time-limit`` counts from this process's start, so Ray's and Ray Train's
+    start-up, the band statistics, training, validation and the export all fit in it.
+    """
+    import psutil
+
+    budget = Budget.minutes(args.time_limit, start=psutil.Process().create_time())
     settings = settings_from_args(args)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = make_trainer(settings, args).fit()
+    result = make_trainer(settings, args, budget).fit()
     history: list[dict[str, Any]] = []
     if result.checkpoint:
         with result.checkpoint.as_directory() as d:

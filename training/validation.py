@@ -102,3 +102,35 @@ def val_metrics(val: dict[str, Any]) -> dict[str, float]:
         "val_pixel_accuracy": val["pixel_accuracy"],
         **{f"val_iou_{c}": (v if v is not None else float("nan")) for c, v in val["iou"].items()},
     }
+
+
+def score_checkpoint(
+    model_path: str,
+    image: str,
+    label: str,
+    *,
+    ignore_value: int | None = None,
+    tile_size: int = 512,
+    overlap: int = 192,
+) -> dict:
+    """Score a checkpoint on a labeled scene through the nightly job's tiled path:
+    :func:`validate`'s result for that one scene (the checkpoint's own classes,
+    bands and normalisation), so any two models are scored the same way."""
+    from fcnrs.fcn_model import load_checkpoint
+
+    from .settings import TrainSettings
+
+    model, meta = load_checkpoint(model_path)
+    settings = TrainSettings(
+        scenes=(LabeledScene(image, label, "val"),),
+        classes=tuple(meta.classes),
+        colors=tuple(tuple(c) for c in meta.colors),
+        bands=tuple(meta.bands),
+        out="",
+        ignore_value=ignore_value,
+        val_tile_size=tile_size,
+        val_overlap=overlap,
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+    )
+    return validate(model, settings, torch.device("cpu"))
