@@ -10,7 +10,8 @@ valid pixels of one half of Spain_7370579 and prints the water IoU on a half:
 
 It also sweeps the decision threshold of the top -> bottom MLP (a label-prior
 shift between the halves would show up there). With ``--model CKPT`` (for
-example ``RUN/best`` of ``benchmarks/finetune_sen1floods.py --out RUN``) it
+example ``RUN/sen1floods_10_finetune.py/job/best`` of
+``benchmarks/finetune_vs_loop.py --dataset sen1floods --minutes 10 --work RUN``) it
 scores that checkpoint on the bottom half the same way (threshold sweep, flips
 and 90-degree turns averaged) and says how much of its false water the MLP
 also marks.

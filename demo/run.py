@@ -31,14 +31,13 @@ from fcnrs.pipeline.reading import open_raster
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import train_in_process
 from fcnrs.training.metrics import Scores, confusion_matrix, scores
-from fcnrs.training.sampling import band_statistics
 from fcnrs.training.settings import TrainSettings
-from fcnrs.training.trainer import write_report
+from fcnrs.training.trainer import with_statistics, write_report
 
 BANDS = (1, 2, 3, 4)
 #: Steps between validations (and progress lines): a few per minute, as a
 #: validation segments the whole validation scene.
-STEPS_PER_EPOCH = 500
+STEPS_PER_EPOCH = 100
 
 
 def write_scenes(out: Path) -> tuple[tuple[LabeledScene, ...], tuple[Path, Path]]:
@@ -66,25 +65,22 @@ def write_scenes(out: Path) -> tuple[tuple[LabeledScene, ...], tuple[Path, Path]
 def demo_settings(
     scenes: tuple[LabeledScene, ...], out: Path, *, seconds: float, width: float
 ) -> TrainSettings:
-    """Fine-tuning settings: batches of four 128-px windows for ``seconds``; the
-    best epoch is picked on the validation scene, the test scene stays unseen."""
-    mean, std = band_statistics(scenes, BANDS)
-    return TrainSettings(
+    """Fine-tuning settings: ``jobs/finetune.py``'s defaults (network, windows,
+    schedule, precision, class weights) for ``seconds``; the best epoch is picked
+    on the validation scene, the test scene stays unseen."""
+    settings = TrainSettings(
         scenes=scenes,
         classes=CLASSES,
         colors=COLORS,
         bands=BANDS,
         out=str(out),
         width=width,
-        window=128,
-        batch_size=4,
         epochs=10**6,  # the time limit ends the run
         steps_per_epoch=STEPS_PER_EPOCH,
         time_limit_minutes=seconds / 60,
-        mean=mean,
-        std=std,
         trained_by="jobs/demo.py",
     )
+    return with_statistics(settings)
 
 
 def progress_printer() -> Callable[[dict[str, Any], Path | None], None]:
@@ -95,9 +91,11 @@ def progress_printer() -> Callable[[dict[str, Any], Path | None], None]:
     def report(metrics: dict[str, Any], _checkpoint: Path | None) -> None:
         nonlocal steps
         steps += metrics["steps"]
+        val = metrics.get("val_mean_iou")
+        scored = f"  mean IoU on the validation scene {val:.3f}" if val is not None else ""
         print(
-            f"  step {steps:5d}  loss {metrics['loss']:.3f}  mean IoU on the validation scene "
-            f"{metrics['val_mean_iou']:.3f}  ({time.perf_counter() - start:.0f} s)",
+            f"  step {steps:5d}  loss {metrics['loss']:.3f}{scored}  "
+            f"({metrics['steps_per_s']:.1f} steps/s, {time.perf_counter() - start:.0f} s)",
             flush=True,
         )
 

@@ -70,10 +70,18 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         memory_budget_mb=args.memory_budget,
         val_share=args.val_share,
     )
-    mean, std = band_statistics(scenes, bands, seed=args.seed)
+    return with_statistics(settings, weighting=args.class_weighting)
+
+
+def with_statistics(settings: TrainSettings, *, weighting: str = "sqrt") -> TrainSettings:
+    """``settings`` with the band statistics and the loss's class weights measured
+    on its training scenes (sampled windows; ``weighting`` is a
+    :data:`WEIGHTING_POWERS` key)."""
+    scenes, seed = settings.scenes, settings.seed
+    mean, std = band_statistics(scenes, settings.bands, seed=seed)
     log.info("band mean %s, std %s", [round(v, 1) for v in mean], [round(v, 1) for v in std])
-    counts = class_counts(scenes, settings, seed=args.seed)
-    weights = class_weights(counts, WEIGHTING_POWERS[args.class_weighting])
+    counts = class_counts(scenes, settings, seed=seed)
+    weights = class_weights(counts, WEIGHTING_POWERS[weighting])
     log.info(
         "labelled pixels per class (sampled) %s; loss weights %s",
         counts.tolist(),

@@ -14,19 +14,24 @@ import torch
 
 from fcnrs.demo.scenes import CLASSES
 from fcnrs.fcn_model import FCN8s, load_checkpoint, save_checkpoint
+from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import (
+    Budget,
+    Pace,
     Progress,
     Worker,
+    due_for_validation,
+    end_epoch,
     initial_model,
     initial_state,
     load_state,
+    lr_factor,
     make_optimizer,
     run_epoch,
     save_state,
     train_in_process,
-    validate_and_checkpoint,
 )
-from fcnrs.training.sampling import WindowSampler
+from fcnrs.training.sampling import Prefetcher, WindowSampler
 from fcnrs.training.settings import TrainSettings
 
 from .conftest import THRESHOLD, THRESHOLD_SIDE
@@ -87,9 +92,8 @@ def test_training_state_round_trip(tmp_path, labeled):
     s = sample_settings(scenes, tmp_path)
     model, optimizer, progress = initial_state(s)
     assert progress == Progress(-1, -math.inf, [])
-    with WindowSampler(s, rank=0) as sampler:
-        run_epoch(model, optimizer, sampler, steps=1, device=torch.device("cpu"))
-    saved = Progress(3, 0.75, [{"epoch": 3, "loss": 0.5, "confusion": [[1, 2], [3, 4]]}])
+    epoch(model, optimizer, s, steps=1)
+    saved = Progress(3, 0.75, [{"epoch": 3, "loss": 0.5, "confusion": [[1, 2], [3, 4]]}], 17, 2.5)
     save_state(tmp_path, model, optimizer, saved)
     assert load_state(tmp_path).progress == saved
     # A fresh start from the folder has the same weights and optimizer moments.
@@ -106,6 +110,15 @@ def test_training_state_round_trip(tmp_path, labeled):
         assert all(torch.equal(value[n], moments2[key][n]) for n in ("exp_avg", "exp_avg_sq"))
 
 
+def epoch(model, optimizer, s, *, steps, budget=None):
+    """:func:`run_epoch` over ``steps`` prefetched batches of ``s``'s sampler."""
+    pace = Pace(budget or Budget.minutes(None), total_steps=steps)
+    with WindowSampler(s, rank=0) as sampler, Prefetcher(sampler, steps) as batches:
+        return run_epoch(
+            model, optimizer, batches, settings=s, pace=pace, device=torch.device("cpu")
+        )
+
+
 def threshold_settings(scene, **overrides) -> TrainSettings:
     n = THRESHOLD_SIDE
     return TrainSettings(
@@ -120,6 +133,7 @@ def threshold_settings(scene, **overrides) -> TrainSettings:
             "mean": (THRESHOLD,),
             "std": (n * n / 4,),
             "lr": 0.05,
+            "warmup_steps": 1,
             **overrides,
         }
     )
@@ -131,14 +145,14 @@ def test_run_epoch_takes_its_steps_and_learns_a_learnable_scene(threshold_scene)
     torch.manual_seed(0)
     model = torch.nn.Conv2d(1, 2, 1)
     optimizer = make_optimizer(model, s)
-    with WindowSampler(s, rank=0) as sampler:
-        result = run_epoch(model, optimizer, sampler, steps=60, device=torch.device("cpu"))
-        assert len(result.losses) == 60 and not result.stopped
-        assert result.loss == pytest.approx(np.mean(result.losses))
-        assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:10])
-        late = run_epoch(
-            model, optimizer, sampler, steps=5, device=torch.device("cpu"), deadline=time.time()
-        )
+    result = epoch(model, optimizer, s, steps=60)
+    assert len(result.losses) == 60 and not result.stopped and result.windows == 240
+    assert result.loss == pytest.approx(np.mean(result.losses))
+    assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:10])
+    # The wsd schedule ended at zero: the last step's rate was warm-up x decay.
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * (1 / 60) / 0.3)
+    spent = Budget(start=time.time() - 60, deadline=time.time())
+    late = epoch(model, optimizer, s, steps=5, budget=spent)
     assert late.losses == () and late.stopped and math.isnan(late.loss)
 
 
@@ -150,13 +164,19 @@ def run_end_of_epoch(s, model, progress, epoch) -> tuple[dict, list]:
         reports.append(load_state(directory).progress.epoch)
 
     worker = Worker(s, model, model, make_optimizer(model, s), torch.device("cpu"))
-    metrics = validate_and_checkpoint(
-        worker, progress, {"epoch": epoch, "loss": 1.0}, report, record={"ranks": []}
+    metrics = end_epoch(
+        worker,
+        progress,
+        {"epoch": epoch, "loss": 1.0, "steps": 10},
+        report,
+        validate_now=True,
+        last=False,
+        record={"ranks": []},
     )
     return metrics, reports
 
 
-def test_validate_and_checkpoint_exports_the_best_only_when_it_improves(tmp_path, labeled):
+def test_end_epoch_exports_the_best_only_when_it_improves(tmp_path, labeled):
     _, scenes = labeled
     s = sample_settings(scenes, tmp_path)
     model, _, _ = initial_state(s)
@@ -165,6 +185,7 @@ def test_validate_and_checkpoint_exports_the_best_only_when_it_improves(tmp_path
     progress = Progress(epoch=4, best=2.0)
     metrics, reports = run_end_of_epoch(s, model, progress, epoch=5)
     assert not best.exists() and progress.best == 2.0 and progress.epoch == 5
+    assert progress.steps == 10 and progress.overhead_s >= metrics["val_seconds"] > 0
     assert reports == [(metrics, ["state.pt"]), 5]
     assert 0 <= metrics["val_mean_iou"] <= 1 and metrics["loss"] == 1.0
     assert progress.history == [
@@ -204,3 +225,72 @@ def test_train_in_process_stops_at_the_time_limit_and_still_exports(tmp_path, la
     (only,) = progress.history
     assert only["steps"] == 0 and only["time_limit_reached"]
     assert (tmp_path / "best").exists()
+
+
+def test_the_schedule_warms_up_holds_and_decays_to_zero_by_steps_or_time(tmp_path, labeled):
+    _, scenes = labeled
+    s = sample_settings(scenes, tmp_path, warmup_steps=50)
+    assert lr_factor(s, 0, 0.0) == pytest.approx(1 / 50)  # warm-up
+    assert lr_factor(s, 49, 0.1) == lr_factor(s, 500, 0.7) == 1.0  # held for 70%
+    assert lr_factor(s, 500, 0.85) == pytest.approx(0.5)  # then linear to zero
+    assert lr_factor(s, 500, 1.0) == 0.0 == lr_factor(s, 500, 1.5)
+    cosine = sample_settings(scenes, tmp_path, schedule="cosine", warmup_steps=1)
+    assert lr_factor(cosine, 10, 0.5) == pytest.approx(0.5)
+    # The position is the larger of the step and time fractions: a job 50 s into a
+    # 100 s budget (no reserve) is halfway, whatever its step count.
+    now = time.time()
+    pace = Pace(Budget(now - 50, now + 50), total_steps=10**6, step=10, reserve=0.0)
+    stop, factor = pace.agree(s, torch.device("cpu"))
+    assert not stop and factor == 1.0
+    pace = Pace(Budget(now - 85, now + 15), total_steps=10**6, step=100, reserve=0.0)
+    assert pace.agree(s, torch.device("cpu"))[1] == pytest.approx(0.5, abs=0.01)
+    # Past the deadline less the reserve: stop.
+    pace = Pace(Budget(now - 95, now + 5), total_steps=10**6, reserve=10.0)
+    assert pace.agree(s, torch.device("cpu"))[0]
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_and_the_loss(tmp_path, labeled):
+    _, scenes = labeled
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        s = sample_settings(scenes, tmp_path, precision=precision, lr=1e-9, warmup_steps=1)
+        model, optimizer, _ = initial_state(s)
+        result = epoch(model, optimizer, s, steps=3)
+        losses[precision] = result.losses
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        moments = [v["exp_avg"] for v in optimizer.state_dict()["state"].values()]
+        assert moments and all(m.dtype == torch.float32 for m in moments)
+    # Same seed, same windows, (almost) no update: bf16 matmuls, same loss to ~1%.
+    assert np.allclose(losses["bf16"], losses["fp32"], rtol=0.02)
+
+
+def test_validation_takes_a_bounded_share_of_the_time(tmp_path, labeled):
+    _, scenes = labeled
+    s = sample_settings(scenes, tmp_path, val_share=0.1)
+    budget = Budget(time.time() - 40)
+    progress = Progress()
+    assert due_for_validation(s, progress, budget, last=False)  # first: to measure it
+    progress.history.append({"validated": True, "val_seconds": 4.0, "checkpoint_seconds": 1.0})
+    progress.overhead_s = 5.0
+    # 5 s spent + 5 s more > 10% of 40 s: skip; of 100 s: validate; the last: always.
+    assert not due_for_validation(s, progress, budget, last=False)
+    assert due_for_validation(s, progress, Budget(time.time() - 100), last=False)
+    assert due_for_validation(s, progress, budget, last=True)
+    train_only = sample_settings([sc for sc in scenes if sc.split == "train"], tmp_path)
+    assert not due_for_validation(train_only, Progress(), budget, last=True)
+
+
+def test_without_val_scenes_the_last_model_is_exported(tmp_path, labeled):
+    _, scenes = labeled
+    train = [LabeledScene(sc.image, sc.label, "train") for sc in scenes[:1]]
+    s = sample_settings(train, tmp_path, epochs=2, steps_per_epoch=2)
+    progress = train_in_process(s)
+    assert [h["validated"] for h in progress.history] == [False, False]
+    assert json.loads((tmp_path / "best_report.json").read_text()) == {
+        "epoch": 1,
+        "validated": False,
+    }
+    _, meta = load_checkpoint(tmp_path / "best")
+    assert meta.provenance["epoch"] == 1 and meta.provenance["val_mean_iou"] is None
+    # Every epoch reports its pace.
+    assert all(h["steps_per_s"] > 0 and h["windows"] == 4 for h in progress.history)

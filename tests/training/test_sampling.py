@@ -211,7 +211,8 @@ def test_brightness_scales_each_window_by_one_gain_per_band(labeled):
     assert gains.min() > 0.5 and gains.max() < 1.5 and gains.std() > 0.05
 
 
-def test_sampler_opens_each_file_once_and_epochs_reseed(labeled, monkeypatch):
+@pytest.mark.parametrize("budget_mb", [0, 64])
+def test_sampler_opens_each_file_once_and_epochs_reseed(labeled, monkeypatch, budget_mb):
     _, scenes = labeled
     opened = []
 
@@ -220,16 +221,68 @@ def test_sampler_opens_each_file_once_and_epochs_reseed(labeled, monkeypatch):
         return open_raster(path)
 
     monkeypatch.setattr(sampling, "open_raster", counting_open)
-    s = sampler_settings(scenes, batch_size=4, mean=(1000.0,) * 4, std=(800.0,) * 4)
+    s = sampler_settings(
+        scenes, batch_size=4, mean=(1000.0,) * 4, std=(800.0,) * 4, memory_budget_mb=budget_mb
+    )
     with WindowSampler(s, rank=0) as sampler:
+        assert sampler.in_memory == (budget_mb > 0)
         first = [sampler.batch() for _ in range(3)]
         sampler.set_epoch(1)
         other = sampler.batch()
         sampler.set_epoch(0)
         again = sampler.batch()
-        handles = [h for pair in sampler.sources for h in pair]
-    # The train scene and its labels, once each, for twelve windows.
+    # The train scene and its labels, once each, for twelve windows, and closed
+    # (at once when the scene was read into memory).
     assert sorted(opened) == sorted([scenes[0].image, scenes[0].label])
-    assert all(h.closed for h in handles)
     assert not torch.equal(first[0][0], other[0])
     assert torch.equal(first[0][0], again[0]) and torch.equal(first[0][1], again[1])
+
+
+def test_memory_and_file_windows_are_equal_and_the_budget_decides(labeled, monkeypatch):
+    _, scenes = labeled
+    s = sampler_settings(scenes, batch_size=4, mean=(1000.0,) * 4, std=(800.0,) * 4)
+    # a.tif is 200 x 220 with 4 bands: 22 bytes a pixel, 0.92 MiB.
+    need = sampling.MemoryScene.bytes_needed((200, 220), 4)
+    assert need == 200 * 220 * 22
+    batches = {}
+    for budget in (need / 2**20 - 0.01, need / 2**20):
+        settings = TrainSettings(**{**s.__dict__, "memory_budget_mb": budget})
+        with WindowSampler(settings, rank=0) as sampler:
+            batches[sampler.in_memory] = [sampler.batch() for _ in range(4)]
+    assert set(batches) == {0, 1}  # just under the need: files; at it: memory
+    for (x0, y0), (x1, y1) in zip(batches[0], batches[1], strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_prefetched_batches_are_the_samplers_in_order_and_errors_reach_the_loop(labeled):
+    _, scenes = labeled
+    s = sampler_settings(scenes, batch_size=2, mean=(1000.0,) * 4, std=(800.0,) * 4)
+    with WindowSampler(s, rank=0) as sampler:
+        direct = [sampler.batch() for _ in range(5)]
+    with WindowSampler(s, rank=0) as sampler:
+        with sampling.Prefetcher(sampler, 5, depth=2) as batches:
+            fetched = list(batches)
+        # Closed after two of five: the thread stops, nothing hangs.
+        with sampling.Prefetcher(sampler, 5, depth=2) as batches:
+            next(iter(batches))
+        assert not batches._thread.is_alive()
+    assert len(fetched) == 5
+    for (x0, y0), (x1, y1) in zip(direct, fetched, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+    class Broken:
+        def batch(self):
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"), sampling.Prefetcher(Broken(), 3) as batches:
+        list(batches)
+
+
+def test_class_weights_balance_rare_classes_and_keep_the_loss_scale():
+    counts = np.array([900, 90, 10, 0])
+    w = np.array(sampling.class_weights(counts, 0.5))
+    freq = counts / counts.sum()
+    assert (freq * w).sum() == pytest.approx(1.0)  # the average pixel weighs 1
+    assert w[1] / w[0] == pytest.approx(np.sqrt(10)) and w[2] / w[0] == pytest.approx(np.sqrt(90))
+    assert w[3] == w[2]  # unseen: the largest seen weight
+    assert sampling.class_weights(counts, 0.0) == (1.0,) * 4
