@@ -83,9 +83,10 @@ ROW_GROUP_ROWS = 4096
 #: into row groups, in row groups.
 SORT_WINDOW = 16
 #: The key-value metadata (Parquet) or layer metadata (GDAL formats) holding the
-#: label raster's fingerprint, and the one holding the polygon settings.
-SOURCE_KEY = "fcnrs:source_fingerprint"
-SETTINGS_KEY = "fcnrs:vector_settings"
+#: label raster's fingerprint, and the one holding the polygon settings. (No
+#: colon in the names: GDAL reads ``a:b=c`` as the key ``a``.)
+SOURCE_KEY = "fcnrs_source_fingerprint"
+SETTINGS_KEY = "fcnrs_vector_settings"
 #: Rows of a strip measured at a time (bounds the per-pixel temporaries).
 _MEASURE_ROWS = 64
 
