@@ -62,6 +62,7 @@ from scipy import ndimage
 
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.labels import NODATA
+from fcnrs.pipeline.storage import is_url
 from fcnrs.pipeline.writing import read_attrs, staging_path
 
 from .areas import row_areas
@@ -740,6 +741,11 @@ def vectorize(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {sorted(FORMATS)}. Got {fmt!r}.")
+    if is_url(zarr_path) or (out_dir is not None and is_url(out_dir)):
+        raise OutputError(
+            f"{zarr_path}: polygons are written for local label rasters only (not yet for "
+            "object storage); copy the .zarr to a local folder first."
+        )
     raster = open_label_raster(zarr_path)
     dst = vector_path(raster.path, out_dir, fmt)
     stamp = {SOURCE_KEY: raster.fingerprint, SETTINGS_KEY: settings.to_json()}
