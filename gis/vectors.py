@@ -352,76 +352,112 @@ def pixel_polygons(labels: LabelArray, measure: PixelMeasure | None) -> Iterator
         yield done
 
 
-def _next_strip(
-    block: np.ndarray, row0: int, last: bool, carry: _Carry, measure: PixelMeasure | None
-) -> tuple[_Carry, PixelPolygons]:
+@dataclass
+class _Strip:
+    """One strip read: its components, their measures and polygons."""
+
+    block: np.ndarray
+    ids: np.ndarray
+    classes: np.ndarray
+    area: np.ndarray
+    perimeter: np.ndarray
+    polygons: np.ndarray
+    #: Per id: the component reaches the strip's lower edge, and the raster goes on.
+    reaches_lower: np.ndarray
+
+
+def _read_strip(
+    block: np.ndarray, row0: int, last: bool, above: np.ndarray | None, measure: PixelMeasure | None
+) -> _Strip:
     ids, classes = components(block)
     n = len(classes) - 1
     if measure is None:
         area = perimeter = np.full(n + 1, np.nan)
-        line = np.nan
     else:
-        area, perimeter = strip_measures(block, ids, n, row0, carry.row_class, last, measure)
-        line = float(measure.horizontal(np.array([row0]))[0])
-    polygons = strip_polygons(ids, n, row0)
+        area, perimeter = strip_measures(block, ids, n, row0, above, last, measure)
     reaches_lower = np.zeros(n + 1, bool)
     if not last:
         reaches_lower[ids[-1]] = True
         reaches_lower[0] = False
+    polygons = strip_polygons(ids, n, row0)
+    return _Strip(block, ids, classes, area, perimeter, polygons, reaches_lower)
 
-    uf = _UnionFind()
+
+def _next_strip(
+    block: np.ndarray, row0: int, last: bool, carry: _Carry, measure: PixelMeasure | None
+) -> tuple[_Carry, PixelPolygons]:
+    strip = _read_strip(block, row0, last, carry.row_class, measure)
+    sets: list[list[int]] = []
     if carry.row_class is not None:
+        line = np.nan if measure is None else float(measure.horizontal(np.array([row0]))[0])
         _close_lower_edges(carry, block[0], line)
-        same = (carry.row_class != NODATA) & (carry.row_class == block[0])
-        pairs = np.unique(
-            carry.row_group[same].astype(np.int64) * (n + 1) + ids[0][same].astype(np.int64)
-        )
-        # Nodes: component c of this strip is c, open polygon g is -(g + 1).
-        for key, c in zip((pairs // (n + 1)).tolist(), (pairs % (n + 1)).tolist(), strict=True):
-            uf.union(-(key + 1), c)
-
-    linked = np.zeros(n + 1, bool)
+        sets = _links(carry, strip)
     next_carry = _Carry(next_key=carry.next_key)
-    merged: list[_Open] = []
-    for members in uf.sets().values():
-        comps = [m for m in members if m > 0]
-        olds = [carry.groups.pop(-m - 1) for m in members if m < 0]
-        linked[comps] = True
-        group = _Open(
-            class_id=int(classes[comps[0]]),
-            pieces=[p for g in olds for p in g.pieces] + [polygons[c] for c in comps],
-            area=sum(g.area for g in olds) + float(area[comps].sum()),
-            perimeter=sum(g.perimeter for g in olds) + float(perimeter[comps].sum()),
-        )
-        if reaches_lower[comps].any():
-            _keep_open(next_carry, group, comps)
+    linked = np.zeros(len(strip.classes), bool)
+    finished: list[_Open] = []
+    for members in sets:
+        group = _join(carry, strip, members)
+        linked[group.comps] = True
+        if strip.reaches_lower[group.comps].any():
+            _keep_open(next_carry, group)
         else:
-            merged.append(group)
+            finished.append(group)
     # Carried polygons that nothing in this strip continues are finished.
-    merged.extend(carry.groups.values())
-    for c in np.flatnonzero(~linked & reaches_lower).tolist():
-        _keep_open(
-            next_carry,
-            _Open(int(classes[c]), [polygons[c]], float(area[c]), float(perimeter[c])),
-            [c],
-        )
-    alone = np.flatnonzero(~linked & ~reaches_lower)
-    alone = alone[alone > 0]
-    done = PixelPolygons(
-        class_id=np.concatenate([classes[alone], [g.class_id for g in merged]]).astype(np.uint8),
-        geometry=np.concatenate(
-            [polygons[alone], _objects(merge_pieces(g.pieces) for g in merged)]
-        ),
-        area_m2=np.concatenate([area[alone], [g.area for g in merged]]),
-        perimeter_m=np.concatenate([perimeter[alone], [g.perimeter for g in merged]]),
-    )
+    finished.extend(carry.groups.values())
+    for c in np.flatnonzero(~linked & strip.reaches_lower).tolist():
+        _keep_open(next_carry, _join(_Carry(), strip, [c]))
     if not last:
-        next_carry.row_class = block[-1].copy()
-        owner = np.full(n + 1, -1, np.int64)
-        for key, group in next_carry.groups.items():
-            owner[group.comps] = key
-        next_carry.row_group = owner[ids[-1]]
-    return next_carry, done
+        _carry_lower_row(next_carry, strip)
+    alone = np.flatnonzero(~linked & ~strip.reaches_lower)
+    return next_carry, _finished(strip, alone[alone > 0], finished)
+
+
+def _links(carry: _Carry, strip: _Strip) -> list[list[int]]:
+    """Sets of carried polygons and new components that are one polygon: a pixel
+    of the strip's first row joins the pixel above when both have its class.
+    Members: component ``c`` as ``c``, carried polygon ``g`` as ``-(g + 1)``."""
+    first, n1 = strip.ids[0], len(strip.classes)
+    same = (carry.row_class != NODATA) & (carry.row_class == strip.block[0])
+    pairs = np.unique(carry.row_group[same].astype(np.int64) * n1 + first[same])
+    uf = _UnionFind()
+    for key, c in zip((pairs // n1).tolist(), (pairs % n1).tolist(), strict=True):
+        uf.union(-(key + 1), c)
+    return list(uf.sets().values())
+
+
+def _join(carry: _Carry, strip: _Strip, members: list[int]) -> _Open:
+    """One polygon from carried polygons (taken out of ``carry``) and components."""
+    comps = [m for m in members if m > 0]
+    olds = [carry.groups.pop(-m - 1) for m in members if m < 0]
+    return _Open(
+        class_id=int(strip.classes[comps[0]]),
+        pieces=[p for g in olds for p in g.pieces] + [strip.polygons[c] for c in comps],
+        area=sum(g.area for g in olds) + float(strip.area[comps].sum()),
+        perimeter=sum(g.perimeter for g in olds) + float(strip.perimeter[comps].sum()),
+        comps=comps,
+    )
+
+
+def _carry_lower_row(carry: _Carry, strip: _Strip) -> None:
+    carry.row_class = strip.block[-1].copy()
+    owner = np.full(len(strip.classes), -1, np.int64)
+    for key, group in carry.groups.items():
+        owner[group.comps] = key
+    carry.row_group = owner[strip.ids[-1]]
+
+
+def _finished(strip: _Strip, alone: np.ndarray, merged: list[_Open]) -> PixelPolygons:
+    """Components of this strip alone (most of them) and merged polygons."""
+    return PixelPolygons(
+        class_id=np.concatenate([strip.classes[alone], [g.class_id for g in merged]]).astype(
+            np.uint8
+        ),
+        geometry=np.concatenate(
+            [strip.polygons[alone], _objects(merge_pieces(g.pieces) for g in merged)]
+        ),
+        area_m2=np.concatenate([strip.area[alone], [g.area for g in merged]]),
+        perimeter_m=np.concatenate([strip.perimeter[alone], [g.perimeter for g in merged]]),
+    )
 
 
 def _objects(items: Iterable[Any]) -> np.ndarray:
@@ -431,8 +467,7 @@ def _objects(items: Iterable[Any]) -> np.ndarray:
     return out
 
 
-def _keep_open(carry: _Carry, group: _Open, comps: list[int]) -> None:
-    group.comps = comps
+def _keep_open(carry: _Carry, group: _Open) -> None:
     carry.groups[carry.next_key] = group
     carry.next_key += 1
 
