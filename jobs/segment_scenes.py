@@ -12,6 +12,11 @@ reason) and the others finish. Exit status: 0 when every scene is done or
 skipped; 1 when a scene failed; 2 when a flag, the model or the output folder
 is unusable (nothing was done); 130 or 143 when stopped by SIGINT or SIGTERM
 (``ray job stop``), unfinished scenes recorded as interrupted.
+
+``--vectors``: after the run, every scene done or already done also gets its
+polygons in ``OUT/vectors/<name>.parquet`` (see jobs/vectorize.py; a current
+file is kept). A scene whose polygons fail keeps its labels; the exit status is
+then 1.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import signal
 import sys
 
 from fcnrs.fcn_model import FCNModelError, read_meta
+from fcnrs.gis.vectors import vectorize
 from fcnrs.jobs.options import (
     add_bands,
     at_least,
@@ -33,7 +39,7 @@ from fcnrs.jobs.options import (
     stop_on_sigterm,
 )
 from fcnrs.pipeline.distributed import print_summary, run_scenes
-from fcnrs.pipeline.distributed.driver import Engine
+from fcnrs.pipeline.distributed.driver import Engine, RunReport
 from fcnrs.pipeline.distributed.retries import DEFAULT_RETRIES
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
@@ -106,6 +112,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="manifest run id: letters, digits, '.', '_', '-' (default: time + random)",
     )
+    p.add_argument(
+        "--vectors",
+        action="store_true",
+        help="after the run, write each done or skipped scene's polygons to "
+        "OUT/vectors/<name>.parquet (kept when current)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +154,28 @@ def run(args: argparse.Namespace) -> int:
         log.error("stopped by SIGINT before any scene started")
         return 128 + signal.SIGINT
     print_summary(report, args.out)
-    return report.exit_code()
+    code = report.exit_code()
+    if args.vectors and not report.interrupted:
+        code = code or (1 if write_polygons(report) else 0)
+    return code
+
+
+def write_polygons(report: RunReport) -> int:
+    """Polygons of every scene done or skipped as done; returns how many failed
+    (logged, their label rasters untouched)."""
+    failed = 0
+    for row in report.rows:
+        if row.status not in ("done", "skipped"):
+            continue
+        try:
+            done = vectorize(row.output)
+        except Exception as exc:
+            failed += 1
+            log.error("%s: polygons failed (its labels are kept): %s", row.output, exc)
+            continue
+        what = "kept (current)" if done.kept else f"{done.features} polygons"
+        log.info("%s: %s", done.path, what)
+    return failed
 
 
 def choose_engine(engine: str) -> Engine:
