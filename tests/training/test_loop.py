@@ -239,7 +239,7 @@ def test_the_schedule_warms_up_holds_and_decays_to_zero_by_steps_or_time(tmp_pat
     # The position is the larger of the step and time fractions: a job 50 s into a
     # 100 s budget (no reserve) is halfway, whatever its step count.
     now = time.time()
-    pace = Pace(Budget(now - 50, now + 50), total_steps=10**6, step=10, reserve=0.0)
+    pace = Pace(Budget(now - 50, now + 50), total_steps=10**6, step=100, reserve=0.0)
     stop, factor = pace.agree(s, torch.device("cpu"))
     assert not stop and factor == 1.0
     pace = Pace(Budget(now - 85, now + 15), total_steps=10**6, step=100, reserve=0.0)
