@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
+import numpy as np
 import zarr
+from pyproj import CRS, Transformer
 from rasterio.transform import Affine
 
 from fcnrs.pipeline.errors import OutputError
@@ -69,3 +71,34 @@ def find_outputs(out_dir: str | PathLike[str]) -> list[Path]:
     if not out.is_dir():
         raise FileNotFoundError(f"{out}: no such output folder.")
     return sorted(p for p in out.glob("*.zarr") if is_complete(p))
+
+
+def as_crs(crs: object) -> CRS:
+    """A pyproj CRS from a pyproj or rasterio CRS, WKT, or "EPSG:n"."""
+    if isinstance(crs, CRS):
+        return crs
+    to_wkt = getattr(crs, "to_wkt", None)
+    return CRS.from_wkt(to_wkt()) if to_wkt else CRS.from_user_input(crs)
+
+
+def footprint(
+    transform: Affine,
+    width: int,
+    height: int,
+    crs: object,
+    to_crs: object | None = None,
+    *,
+    points: int = 16,
+) -> list[tuple[float, float]]:
+    """A raster's outline as a closed counter-clockwise ring, ``points`` per edge
+    (straight edges bend once reprojected), in ``to_crs`` (x/lon first), or in
+    its own ``crs`` when ``to_crs`` is None."""
+    t = np.linspace(0, 1, points, endpoint=False)
+    cols = np.concatenate([np.zeros_like(t), t * width, np.full_like(t, width), (1 - t) * width])
+    rows = np.concatenate([t * height, np.full_like(t, height), (1 - t) * height, np.zeros_like(t)])
+    xs, ys = transform @ (np.append(cols, 0.0), np.append(rows, 0.0))
+    if to_crs is not None:
+        src, dst = as_crs(crs), as_crs(to_crs)
+        if src != dst:
+            xs, ys = Transformer.from_crs(src, dst, always_xy=True).transform(xs, ys)
+    return [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]

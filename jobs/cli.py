@@ -4,6 +4,7 @@
     fcnrs finetune --scenes scenes.csv --classes land,water --out RUN   (jobs/finetune.py)
     fcnrs export   OUT/*.zarr --out cogs                           (jobs/export_cog.py)
     fcnrs areas    OUT [--bbox ...]                                (jobs/query_areas.py)
+    fcnrs mosaic   OUT [--cogs DIR] [--crs EPSG:n]                 (jobs/mosaic.py)
     fcnrs demo     [--out demo_out]                                (jobs/demo.py)
 
 ``python jobs/<job>.py ...`` runs the same code with the same options; that is
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import demo, export_cog, finetune, query_areas, segment_scenes
+from . import demo, export_cog, finetune, mosaic, query_areas, segment_scenes
 from .options import add_verbosity, setup_logging
 
 SUBCOMMANDS = {
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "finetune": finetune,
     "export": export_cog,
     "areas": query_areas,
+    "mosaic": mosaic,
     "demo": demo,
 }
 
