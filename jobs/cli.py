@@ -5,6 +5,7 @@
     fcnrs export   OUT/*.zarr --out cogs                           (jobs/export_cog.py)
     fcnrs areas    OUT [--bbox ...]                                (jobs/query_areas.py)
     fcnrs mosaic   OUT [--cogs DIR] [--crs EPSG:n]                 (jobs/mosaic.py)
+    fcnrs catalog  OUT                                             (jobs/catalog.py)
     fcnrs demo     [--out demo_out]                                (jobs/demo.py)
 
 ``python jobs/<job>.py ...`` runs the same code with the same options; that is
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import demo, export_cog, finetune, mosaic, query_areas, segment_scenes
+from . import catalog, demo, export_cog, finetune, mosaic, query_areas, segment_scenes
 from .options import add_verbosity, setup_logging
 
 SUBCOMMANDS = {
@@ -25,6 +26,7 @@ SUBCOMMANDS = {
     "export": export_cog,
     "areas": query_areas,
     "mosaic": mosaic,
+    "catalog": catalog,
     "demo": demo,
 }
 

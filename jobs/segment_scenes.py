@@ -11,7 +11,10 @@ skipped; interrupted ones resume. One bad scene fails alone (recorded with its
 reason) and the others finish. Exit status: 0 when every scene is done or
 skipped; 1 when a scene failed; 2 when a flag, the model or the output folder
 is unusable (nothing was done); 130 or 143 when stopped by SIGINT or SIGTERM
-(``ray job stop``), unfinished scenes recorded as interrupted.
+(``ray job stop``), unfinished scenes recorded as interrupted. ``--catalog``
+then brings the STAC catalogue ``OUT/stac/`` up to date (``fcnrs catalog``;
+not after a stopped run); a catalogue that could not be written turns exit 0
+into 1.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import signal
 import sys
 
 from fcnrs.fcn_model import FCNModelError, read_meta
+from fcnrs.jobs import catalog
 from fcnrs.jobs.options import (
     add_bands,
     at_least,
@@ -106,6 +110,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="manifest run id: letters, digits, '.', '_', '-' (default: time + random)",
     )
+    p.add_argument(
+        "--catalog",
+        action="store_true",
+        help="after the run, update the STAC catalogue OUT/stac/ (as fcnrs catalog OUT)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +151,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("stopped by SIGINT before any scene started")
         return 128 + signal.SIGINT
     print_summary(report, args.out)
-    return report.exit_code()
+    code = report.exit_code()
+    if args.catalog and not report.interrupted and not catalog.update(args.out):
+        return code or 1
+    return code
 
 
 def choose_engine(engine: str) -> Engine:
