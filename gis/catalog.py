@@ -70,7 +70,7 @@ LABEL_ASSETS = ("labels", "cog")
 _UNFINISHED = ("failed", "interrupted")
 
 
-class _LocationIO(pystac.StacIO):
+class LocationStacIO(pystac.StacIO):
     """pystac's reads and writes through :class:`Location`: local files or S3."""
 
     def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
@@ -100,8 +100,11 @@ class History:
         return last
 
 
-def _order(row: Mapping[str, Any]) -> tuple[str, str]:
-    return row["finished_at"], row["run_id"]
+def _order(row: Mapping[str, Any]) -> tuple[str, bool]:
+    """Rows by finish time (to the second); of two in the same second, the
+    unfinished one counts as the later (an Item is rather marked stale wrongly
+    than not at all)."""
+    return row["finished_at"], row["status"] in _UNFINISHED
 
 
 def _output_name(row: Mapping[str, Any]) -> str:
@@ -315,7 +318,7 @@ def write_catalog(
     collection = build_collection(out, items)
     collection.normalize_hrefs(str(stac))
     collection.make_all_asset_hrefs_relative()
-    collection.save(pystac.CatalogType.SELF_CONTAINED, stac_io=_LocationIO())
+    collection.save(pystac.CatalogType.SELF_CONTAINED, stac_io=LocationStacIO())
     removed = _remove_items(stac, keep={i.id for i in items})
     stale = tuple(i.id for i in items if i.properties.get(f"{PREFIX}stale"))
     log.info("STAC catalogue: %d items (%d stale) in %s", len(items), len(stale), stac)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -18,12 +19,15 @@ import pystac
 import pytest
 from pyproj import CRS, Transformer
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
+from fcnrs.gis.catalog import LocationStacIO, scene_history
 from fcnrs.gis.cog import export_cog
+from fcnrs.gis.rasters import PublishedOutput
 from fcnrs.jobs.cli import main as fcnrs
 from fcnrs.jobs.segment_scenes import main as segment
 from fcnrs.pipeline.manifest import read_manifest
+from fcnrs.pipeline.storage import Location
 
 PROJ = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 CLASSIFICATION = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
@@ -120,6 +124,49 @@ def read_back(out: Path) -> tuple[pystac.Collection, dict[str, pystac.Item]]:
             assert not Path(asset.href).is_absolute(), (item.id, key)
             assert Path(asset.get_absolute_href()).exists(), (item.id, key, asset.href)
     return collection, items
+
+
+def row(status: str, at: str, *, model: str = "m", output: str = "/out/a.zarr") -> dict:
+    return {
+        "run_id": f"{status}-{at}",
+        "scene": "/scenes/a.tif",
+        "output": output,
+        "status": status,
+        "error": None if status in ("done", "skipped") else "boom",
+        "model_digest": model,
+        "settings_digest": "s",
+        "started_at": f"2026-01-0{at}T01:00:00+00:00",
+        "finished_at": f"2026-01-0{at}T02:00:00+00:00",
+    }
+
+
+@pytest.mark.parametrize(
+    ("rows", "made", "stale"),
+    [
+        ([row("done", "1"), row("skipped", "2")], "done-1", None),
+        ([row("done", "1"), row("failed", "2")], "done-1", "failed-2"),
+        ([row("done", "1"), row("interrupted", "2")], "done-1", "interrupted-2"),
+        ([row("done", "1"), row("failed", "2"), row("done", "3")], "done-3", None),
+        # Failed before it was planned: no output path, the scene's name tells.
+        ([row("done", "1"), row("failed", "2", output="")], "done-1", "failed-2"),
+        # Same second: the failure counts as the later.
+        ([row("failed", "1"), row("done", "1")], "done-1", "failed-1"),
+        # Made by another model than the published raster's: no run explains it.
+        ([row("done", "1", model="other")], None, None),
+    ],
+)
+def test_history_tells_which_run_made_an_output_and_whether_it_is_stale(rows, made, stale):
+    output = PublishedOutput(
+        Location("/out/a.zarr"),
+        {"model_digest": "m", "settings_digest": "s"},
+        1,
+        1,
+        Affine.identity(),
+        None,
+    )
+    history = scene_history(rows, output)
+    assert (history.made or {}).get("run_id") == made
+    assert (history.stale or {}).get("run_id") == stale
 
 
 def test_items_describe_every_output_and_validate_offline(make_labels, tmp_path, offline):
@@ -245,3 +292,24 @@ def test_nightly_runs_keep_the_catalogue_current(make_scene, make_checkpoint, tm
         "./b/b.json",
         "./c/c.json",
     ]
+
+
+@pytest.mark.s3
+def test_the_catalogue_of_an_s3_output_folder(s3_server, make_scene, make_checkpoint, offline):
+    out = f"s3://fcnrs/{uuid.uuid4().hex[:10]}"
+    scene = make_scene("a.tif", height=96, width=128)
+    flags = ["--tile-size", "64", "--overlap", "32", "--catalog"]
+    assert (
+        segment(["--model", str(make_checkpoint()), "--scenes", str(scene), "--out", out, *flags])
+        == 0
+    )
+    io = LocationStacIO()
+    collection = pystac.Collection.from_file(f"{out}/stac/collection.json", stac_io=io)
+    (item,) = collection.get_items()
+    assert item.get_self_href() == f"{out}/stac/a/a.json"
+    data = item.to_dict(include_self_link=False, transform_hrefs=False)
+    JsonSchemaSTACValidator().validate_core(data, pystac.STACObjectType.ITEM, "1.1.0")
+    assert item.assets["labels"].href == "../../a.zarr"
+    assert item.assets["labels"].get_absolute_href() == f"{out}/a.zarr"
+    assert Location(f"{out}/a.zarr/.zmetadata").is_file()
+    assert item.properties["proj:code"] == "EPSG:32633"
