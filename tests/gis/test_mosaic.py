@@ -162,8 +162,11 @@ def test_debian_ogr_reads_the_index_as_a_vector_layer(night):
     assert "UTM zone 33N" in listing
 
 
-def test_crs_flag_and_cli(night, capsys):
+def test_crs_flag_and_cli(night, tmp_path, capsys):
     out, _ = night
+    (tmp_path / "empty").mkdir()
+    assert fcnrs(["mosaic", str(tmp_path / "empty")]) == 1
+    assert "no published label rasters" in capsys.readouterr().err
     code = fcnrs(["mosaic", str(out), "--crs", "EPSG:4326", "--quicklook", str(out / "n.png")])
     assert code == 0
     printed = capsys.readouterr().out.split()
