@@ -296,12 +296,12 @@ def test_nightly_runs_keep_the_catalogue_current(make_scene, make_checkpoint, tm
 
 @pytest.mark.s3
 def test_the_catalogue_of_an_s3_output_folder(s3_server, make_scene, make_checkpoint, offline):
-    out = f"s3://fcnrs/{uuid.uuid4().hex[:10]}"
-    scene = make_scene("a.tif", height=96, width=128)
+    where = f"s3://fcnrs/{uuid.uuid4().hex[:10]}"
+    out, scene = f"{where}/labels", f"{where}/scenes/a.tif"
+    Location(scene).write_bytes(make_scene("a.tif", height=96, width=128).read_bytes())
     flags = ["--tile-size", "64", "--overlap", "32", "--catalog"]
     assert (
-        segment(["--model", str(make_checkpoint()), "--scenes", str(scene), "--out", out, *flags])
-        == 0
+        segment(["--model", str(make_checkpoint()), "--scenes", scene, "--out", out, *flags]) == 0
     )
     io = LocationStacIO()
     collection = pystac.Collection.from_file(f"{out}/stac/collection.json", stac_io=io)
@@ -313,3 +313,4 @@ def test_the_catalogue_of_an_s3_output_folder(s3_server, make_scene, make_checkp
     assert item.assets["labels"].get_absolute_href() == f"{out}/a.zarr"
     assert Location(f"{out}/a.zarr/.zmetadata").is_file()
     assert item.properties["proj:code"] == "EPSG:32633"
+    assert item.get_links("derived_from")[0].href == scene
