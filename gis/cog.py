@@ -29,6 +29,7 @@ from os import PathLike
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import numpy as np
 import rasterio
 import zarr
 from rasterio.enums import ColorInterp, Resampling
@@ -140,9 +141,14 @@ def exported_from(tiff: Path, fingerprint: str) -> bool:
         return False
 
 
-def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
-    """A PAM sidecar with category names and a thematic raster attribute table."""
+def category_names_xml(classes: tuple[str, ...]) -> str:
+    """GDAL's ``<CategoryNames>`` element (PAM sidecars, VRT and GTI bands)."""
     names = "".join(f"<Category>{escape(c)}</Category>" for c in classes)
+    return f"<CategoryNames>{names}</CategoryNames>"
+
+
+def attribute_table_xml(classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
+    """GDAL's thematic ``<GDALRasterAttributeTable>``: value, class, red, green, blue."""
     fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
     defs = "".join(
         f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
@@ -154,11 +160,16 @@ def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int],
         + "</Row>"
         for i, c in enumerate(classes)
     )
+    return f'<GDALRasterAttributeTable tableType="thematic">{defs}{rows}</GDALRasterAttributeTable>'
+
+
+def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
+    """A PAM sidecar with category names and a thematic raster attribute table."""
     return (
         '<PAMDataset>\n  <PAMRasterBand band="1">\n'
-        f"    <CategoryNames>{names}</CategoryNames>\n"
-        f'    <GDALRasterAttributeTable tableType="thematic">{defs}{rows}'
-        "</GDALRasterAttributeTable>\n  </PAMRasterBand>\n</PAMDataset>\n"
+        f"    {category_names_xml(classes)}\n"
+        f"    {attribute_table_xml(classes, colors)}\n"
+        "  </PAMRasterBand>\n</PAMDataset>\n"
     )
 
 
@@ -222,17 +233,25 @@ def export_cog(
 def write_quicklook(cog: str | PathLike[str], dst: str | PathLike[str], size: int) -> Path:
     """A paletted PNG of a label COG, longer side ``size`` pixels, downsampled by
     mode (from the COG's overviews), nodata transparent."""
-    dst = Path(dst)
     with open_raster(cog) as src:
         scale = min(1.0, size / max(src.height, src.width))
         shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
         small = src.read(1, out_shape=shape, resampling=Resampling.mode)
         cmap = src.colormap(1)
+    return write_png(small, cmap, dst)
+
+
+def write_png(
+    labels: np.ndarray, cmap: dict[int, tuple[int, ...]], dst: str | PathLike[str]
+) -> Path:
+    """Class ids as a paletted PNG (staged, then renamed into place)."""
+    dst = Path(dst)
+    height, width = labels.shape
     with _published(dst) as partial, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: no georeferencing
         with rasterio.open(
-            partial, "w", driver="PNG", height=shape[0], width=shape[1], count=1, dtype="uint8"
+            partial, "w", driver="PNG", height=height, width=width, count=1, dtype="uint8"
         ) as out:
-            out.write(small, 1)
+            out.write(labels, 1)
             out.write_colormap(1, cmap)
     return dst

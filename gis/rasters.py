@@ -8,12 +8,17 @@ import json
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import zarr
+from pyproj import CRS, Transformer
 from rasterio.transform import Affine
 
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.layout import is_complete_attrs
+from fcnrs.pipeline.manifest import read_manifest
+from fcnrs.pipeline.storage import Location
 from fcnrs.pipeline.writing import is_complete, read_attrs
 
 
@@ -69,3 +74,94 @@ def find_outputs(out_dir: str | PathLike[str]) -> list[Path]:
     if not out.is_dir():
         raise FileNotFoundError(f"{out}: no such output folder.")
     return sorted(p for p in out.glob("*.zarr") if is_complete(p))
+
+
+def as_crs(crs: object) -> CRS:
+    """A pyproj CRS from a pyproj or rasterio CRS, WKT, or "EPSG:n"."""
+    if isinstance(crs, CRS):
+        return crs
+    to_wkt = getattr(crs, "to_wkt", None)
+    return CRS.from_wkt(to_wkt()) if to_wkt else CRS.from_user_input(crs)
+
+
+def footprint(
+    transform: Affine,
+    width: int,
+    height: int,
+    crs: object,
+    to_crs: object | None = None,
+    *,
+    points: int = 16,
+) -> list[tuple[float, float]]:
+    """A raster's outline as a closed counter-clockwise ring, ``points`` per edge
+    (straight edges bend once reprojected), in ``to_crs`` (x/lon first), or in
+    its own ``crs`` when ``to_crs`` is None."""
+    t = np.linspace(0, 1, points, endpoint=False)
+    cols = np.concatenate([np.zeros_like(t), t * width, np.full_like(t, width), (1 - t) * width])
+    rows = np.concatenate([t * height, np.full_like(t, height), (1 - t) * height, np.zeros_like(t)])
+    xs, ys = transform @ (np.append(cols, 0.0), np.append(rows, 0.0))
+    if to_crs is not None:
+        src, dst = as_crs(crs), as_crs(to_crs)
+        if src != dst:
+            xs, ys = Transformer.from_crs(src, dst, always_xy=True).transform(xs, ys)
+    return [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
+
+
+@dataclass(frozen=True)
+class PublishedOutput:
+    """What a published label raster says of itself, from its consolidated
+    metadata alone (one small read, local or in S3; no array is opened)."""
+
+    location: Location
+    #: The group's published attributes: model digest, settings, source, grid, ...
+    attrs: dict[str, Any]
+    height: int
+    width: int
+    transform: Affine
+    crs_wkt: str | None
+
+    @property
+    def name(self) -> str:
+        return self.location.name.removesuffix(".zarr")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.attrs["class_names"])
+
+    @property
+    def colors(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(tuple(c) for c in self.attrs["class_colors"])
+
+
+def describe_output(path: str | PathLike[str] | Location) -> PublishedOutput:
+    """Read a published label raster's metadata (``.zmetadata``), refusing partial
+    or foreign folders with :class:`OutputError` naming them."""
+    where = Location(path)
+    try:
+        meta = json.loads((where / ".zmetadata").read_bytes())["metadata"]
+    except (OSError, ValueError, KeyError):
+        meta = {}
+    attrs = meta.get(".zattrs")
+    if not is_complete_attrs(attrs):
+        raise OutputError(
+            f"{where}: not a complete label raster of this pipeline (missing, still "
+            "being written, or written by something else)."
+        )
+    height, width = meta["labels/.zarray"]["shape"]
+    gt = [float(v) for v in meta["spatial_ref/.zattrs"]["GeoTransform"].split()]
+    crs = meta["labels/.zattrs"].get("_CRS", {}).get("wkt")
+    return PublishedOutput(where, attrs, height, width, Affine.from_gdal(*gt), crs)
+
+
+def list_outputs(out_dir: str | PathLike[str] | Location) -> list[Location]:
+    """Published label rasters of an output folder, local or in S3, by name.
+
+    Local folders are listed; in S3 (where listing a prefix lists every chunk) the
+    candidates are the outputs the run manifest names, each checked for its
+    completion marker.
+    """
+    out = Location(out_dir)
+    if not out.remote:
+        return [Location(p) for p in find_outputs(out.path)]
+    names = {Location(o).name for o in read_manifest(out).column("output").to_pylist() if o}
+    return [out / n for n in sorted(names) if is_complete(out / n)]

@@ -5,6 +5,8 @@
     fcnrs export   OUT/*.zarr --out cogs                           (jobs/export_cog.py)
     fcnrs areas    OUT [--bbox ...]                                (jobs/query_areas.py)
     fcnrs vectorize OUT/*.zarr [--format parquet|fgb|gpkg]         (jobs/vectorize.py)
+    fcnrs mosaic   OUT [--cogs DIR] [--crs EPSG:n]                 (jobs/mosaic.py)
+    fcnrs catalog  OUT                                             (jobs/catalog.py)
     fcnrs demo     [--out demo_out]                                (jobs/demo.py)
 
 ``python jobs/<job>.py ...`` runs the same code with the same options; that is
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import demo, export_cog, finetune, query_areas, segment_scenes, vectorize
+from . import catalog, demo, export_cog, finetune, mosaic, query_areas, segment_scenes, vectorize
 from .options import add_verbosity, setup_logging
 
 SUBCOMMANDS = {
@@ -25,6 +27,8 @@ SUBCOMMANDS = {
     "export": export_cog,
     "areas": query_areas,
     "vectorize": vectorize,
+    "mosaic": mosaic,
+    "catalog": catalog,
     "demo": demo,
 }
 

@@ -17,6 +17,9 @@ is unusable (nothing was done); 130 or 143 when stopped by SIGINT or SIGTERM
 polygons in ``OUT/vectors/<name>.parquet`` (see jobs/vectorize.py; a current
 file is kept). A scene whose polygons fail keeps its labels; the exit status is
 then 1.
+``--catalog`` then brings the STAC catalogue ``OUT/stac/`` up to date (``fcnrs
+catalog``, after the polygons; not after a stopped run); a catalogue that could
+not be written turns exit 0 into 1.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 
 from fcnrs.fcn_model import FCNModelError, read_meta
 from fcnrs.gis.vectors import vectorize
+from fcnrs.jobs import catalog
 from fcnrs.jobs.options import (
     add_bands,
     at_least,
@@ -118,6 +122,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="after the run, write each done or skipped scene's polygons to "
         "OUT/vectors/<name>.parquet (kept when current)",
     )
+    p.add_argument(
+        "--catalog",
+        action="store_true",
+        help="after the run, update the STAC catalogue OUT/stac/ (as fcnrs catalog OUT)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     code = report.exit_code()
     if args.vectors and not report.interrupted:
         code = code or (1 if write_polygons(report) else 0)
+    if args.catalog and not report.interrupted and not catalog.update(args.out):
+        return code or 1
     return code
 
 
