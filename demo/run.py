@@ -144,8 +144,11 @@ def run_demo(out: Path, *, train_seconds: float, width: float, verbose: bool = F
     """The demo's steps in order; the nightly job's exit status if it fails."""
     print("1. sample scenes")
     scenes, (test_image, test_labels) = write_scenes(out)
-    print(f"2. fine-tuning FCN-8s width={width} for {train_seconds:.0f} s on {scenes[0].image}")
     settings = demo_settings(scenes, out / "finetune", seconds=train_seconds, width=width)
+    print(
+        f"2. fine-tuning {settings.variant.upper()} width={width} for {train_seconds:.0f} s "
+        f"on {scenes[0].image}"
+    )
     model = train(settings)
     print(f"3. segmenting {test_image} with {model}")
     status = segment(model, test_image, out / "labels", verbose=verbose)

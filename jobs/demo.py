@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="wall time of the fine-tuning (default %(default)s)",
     )
-    p.add_argument("--width", type=float, default=0.125, help="FCN-8s channel width multiplier")
+    p.add_argument(
+        "--width", type=float, default=0.125, help="the network's channel width multiplier"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -488,13 +488,15 @@ def train_epochs(
     *,
     budget: Budget,
     resumed_from: int = -1,
+    shutdown_s: float = SHUTDOWN_S,
 ) -> Progress:
     """Epochs ``progress.epoch + 1 ..`` up to the settings' count or the budget.
 
     Every rank reports each epoch; rank 0 validates when due
     (:func:`due_for_validation`) and attaches the checkpoint (:func:`end_epoch`).
     ``resumed_from`` is the checkpoint's epoch when the run restarted from one (-1
-    otherwise), reported on the first epoch.
+    otherwise), reported on the first epoch. ``shutdown_s`` is kept free at the
+    end of a time-limited run (Ray Train's and Ray's shutdown; 1 s in process).
     """
     s = worker.settings
     first = progress.epoch + 1
@@ -502,7 +504,7 @@ def train_epochs(
     with WindowSampler(s, rank=worker.rank, epoch=first) as sampler:
         for epoch in range(first, s.epochs):
             sampler.set_epoch(epoch)
-            pace.reserve = SHUTDOWN_S + 1.5 * last_val_seconds(progress) * (worker.rank == 0)
+            pace.reserve = shutdown_s + 1.5 * last_val_seconds(progress) * (worker.rank == 0)
             with Prefetcher(sampler, s.steps_per_epoch) as batches:
                 result = run_epoch(
                     worker.model,
@@ -628,4 +630,4 @@ def train_in_process(
     model, optimizer, progress = initial_state(settings)
     model.to(device)
     worker = Worker(settings, model=model, net=model, optimizer=optimizer, device=device)
-    return train_epochs(worker, progress, report or _log_report, budget=budget)
+    return train_epochs(worker, progress, report or _log_report, budget=budget, shutdown_s=1.0)
