@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cpus-per-worker",
         type=float,
         default=None,
-        help="torch threads follow it (default: the cluster's CPUs over the workers, "
-        "at most one node's)",
+        help="torch threads follow it (default: the most CPUs per worker with which "
+        "every worker fits on the cluster's nodes)",
     )
     p.add_argument("--init-vgg16", default=None, help="ImageNet VGG16 weights (torchvision layout)")
     p.add_argument("--init", default=None, help="start from this checkpoint")

@@ -98,14 +98,29 @@ WEIGHTING_POWERS = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}
 
 
 def cpus_per_worker(args: argparse.Namespace) -> float:
-    """``--cpus-per-worker``, or by default the cluster's CPUs shared out among the
-    workers, at most one node's worth (torch's threads follow it)."""
+    """``--cpus-per-worker``, or by default the most CPUs per worker with which all
+    ``--num-workers`` workers fit on the cluster's live nodes (:func:`pack_cpus`);
+    torch's threads follow it."""
     if args.cpus_per_worker:
         return args.cpus_per_worker
     import ray
 
-    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
-    return max(1.0, min(max(nodes, default=1.0), sum(nodes) // args.num_workers))
+    nodes = [
+        (n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+    return pack_cpus(nodes, args.num_workers, use_gpu=args.use_gpu)
+
+
+def pack_cpus(nodes: list[tuple[float, float]], workers: int, *, use_gpu: bool) -> float:
+    """The largest whole number of CPUs per worker such that ``workers`` workers
+    (each with a GPU when ``use_gpu``) fit on ``nodes`` of (CPUs, GPUs); at least 1."""
+    for cpus in range(int(max((c for c, _ in nodes), default=1)), 0, -1):
+        fit = sum(min(c // cpus, g) if use_gpu else c // cpus for c, g in nodes)
+        if fit >= workers:
+            return float(cpus)
+    return 1.0
 
 
 def make_trainer(settings: TrainSettings, args: argparse.Namespace, budget: Budget) -> Any:

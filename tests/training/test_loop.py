@@ -294,3 +294,15 @@ def test_without_val_scenes_the_last_model_is_exported(tmp_path, labeled):
     assert meta.provenance["epoch"] == 1 and meta.provenance["val_mean_iou"] is None
     # Every epoch reports its pace.
     assert all(h["steps_per_s"] > 0 and h["windows"] == 4 for h in progress.history)
+
+
+def test_default_cpus_per_worker_always_fit_the_cluster():
+    from fcnrs.training.trainer import pack_cpus
+
+    assert pack_cpus([(2, 0)], 1, use_gpu=False) == 2  # this machine: both cores
+    assert pack_cpus([(2, 0)], 2, use_gpu=False) == 1
+    # Two 16-CPU nodes, three workers: 8 each (two on one node), not 32 // 3 = 10.
+    assert pack_cpus([(16, 0), (16, 0)], 3, use_gpu=False) == 8
+    # GPU workers land on GPU nodes only: a CPU-only head does not count.
+    assert pack_cpus([(8, 0), (16, 2), (16, 2)], 4, use_gpu=True) == 8
+    assert pack_cpus([(8, 0), (16, 4)], 4, use_gpu=True) == 4
