@@ -20,13 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pyproj import CRS
-from rasterio.transform import from_origin
 
-from fcnrs.pipeline.labels import NODATA
-from fcnrs.pipeline.planning import plan_tiles
-from fcnrs.pipeline.reading import SceneInfo
-from fcnrs.pipeline.writing import StagingGroup
+from fcnrs.demo.scenes import write_label_raster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,39 +44,13 @@ print(json.dumps({"seconds": time.perf_counter() - t, "result": result,
 """
 
 
-def write_labels(path: Path, size: int, tile: int = 1024) -> Path:
-    info = SceneInfo(
-        path="synthetic",
-        height=size,
-        width=size,
-        count=1,
-        dtypes=("uint8",),
-        crs_wkt=CRS.from_epsg(32633).to_wkt(),
-        transform=tuple(from_origin(500_000, 4_200_000, 10, 10))[:6],
-        nodata=None,
-        mask_flags=(("all_valid",),),
-        size_bytes=0,
-        mtime_ns=0,
-    )
-    grid = plan_tiles(size, size, tile_size=tile, overlap=32)
-    group = StagingGroup(
-        path,
-        info=info,
-        grid=grid,
-        classes=["water", "forest", "field", "town"],
-        colors=[(0, 0, 255), (0, 128, 0), (255, 255, 0), (200, 0, 0)],
-    )
-    group.create()
-    chunks = group.chunks()
-    valid = 0
-    for tile in grid:
-        c = tile.core
-        rows = np.arange(c.row, c.row_end)[:, None]
-        cols = np.arange(c.col, c.col_end)[None, :]
-        labels = ((np.sin(rows / 300) + np.cos(cols / 200)) * 1.9 + 2).astype(np.uint8) % 4
-        labels[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 6) ** 2] = NODATA
-        valid += chunks.write(c, labels.astype(np.uint8))
-    return group.publish(valid)
+def waves(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Four classes in smooth waves: large regions, few polygons."""
+    return ((np.sin(rows / 300) + np.cos(cols / 200)) * 1.9 + 2).astype(np.uint8) % 4
+
+
+def write_labels(path: Path, size: int) -> Path:
+    return write_label_raster(path, size, waves)
 
 
 def main(argv: list[str] | None = None) -> int:

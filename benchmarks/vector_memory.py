@@ -27,13 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pyproj import CRS
-from rasterio.transform import from_origin
 
-from fcnrs.pipeline.labels import NODATA
-from fcnrs.pipeline.planning import plan_tiles
-from fcnrs.pipeline.reading import SceneInfo
-from fcnrs.pipeline.writing import StagingGroup
+from fcnrs.demo.scenes import write_label_raster
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = 16
@@ -70,39 +65,8 @@ def cell_classes(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return (h % 4).astype(np.uint8)
 
 
-def write_labels(path: Path, size: int, tile: int = 1024) -> Path:
-    info = SceneInfo(
-        path="synthetic",
-        height=size,
-        width=size,
-        count=1,
-        dtypes=("uint8",),
-        crs_wkt=CRS.from_epsg(32633).to_wkt(),
-        transform=tuple(from_origin(500_000, 4_200_000, 10, 10))[:6],
-        nodata=None,
-        mask_flags=(("all_valid",),),
-        size_bytes=0,
-        mtime_ns=0,
-    )
-    grid = plan_tiles(size, size, tile_size=tile, overlap=32)
-    group = StagingGroup(
-        path,
-        info=info,
-        grid=grid,
-        classes=["water", "forest", "field", "town"],
-        colors=[(0, 0, 255), (0, 128, 0), (255, 255, 0), (200, 0, 0)],
-    )
-    group.create()
-    chunks = group.chunks()
-    valid = 0
-    for tile in grid:
-        c = tile.core
-        rows = np.arange(c.row, c.row_end, dtype=np.int64)[:, None]
-        cols = np.arange(c.col, c.col_end, dtype=np.int64)[None, :]
-        labels = cell_classes(rows, cols)
-        labels[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 6) ** 2] = NODATA
-        valid += chunks.write(c, labels)
-    return group.publish(valid)
+def write_labels(path: Path, size: int) -> Path:
+    return write_label_raster(path, size, cell_classes)
 
 
 def run(task: str, zarr_path: Path, out: Path) -> dict:

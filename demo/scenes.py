@@ -14,6 +14,7 @@ but not by a single threshold on one band.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
@@ -313,3 +314,53 @@ def make_thin_structures_scene(
         dst.write(labels, 1)
         dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(THIN_COLORS)})
     return image_path, label_path
+
+
+def write_label_raster(
+    path: str | PathLike[str],
+    size: int,
+    classes_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    tile: int = 1024,
+) -> Path:
+    """Publish a ``size`` x ``size`` Zarr label raster chunk by chunk (bounded
+    memory, through the pipeline's writer): class ids from ``classes_at(rows,
+    cols)`` and a nodata disc in the middle; for the memory benchmarks."""
+    from pyproj import CRS
+
+    from fcnrs.pipeline.planning import plan_tiles
+    from fcnrs.pipeline.reading import SceneInfo
+    from fcnrs.pipeline.writing import StagingGroup
+
+    info = SceneInfo(
+        path="synthetic",
+        height=size,
+        width=size,
+        count=1,
+        dtypes=("uint8",),
+        crs_wkt=CRS.from_epsg(32633).to_wkt(),
+        transform=tuple(from_origin(500_000, 4_200_000, 10, 10))[:6],
+        nodata=None,
+        mask_flags=(("all_valid",),),
+        size_bytes=0,
+        mtime_ns=0,
+    )
+    grid = plan_tiles(size, size, tile_size=tile, overlap=32)
+    group = StagingGroup(
+        Path(path),
+        info=info,
+        grid=grid,
+        classes=["water", "forest", "field", "town"],
+        colors=[(0, 0, 255), (0, 128, 0), (255, 255, 0), (200, 0, 0)],
+    )
+    group.create()
+    chunks = group.chunks()
+    valid = 0
+    for planned in grid:
+        c = planned.core
+        rows = np.arange(c.row, c.row_end, dtype=np.int64)[:, None]
+        cols = np.arange(c.col, c.col_end, dtype=np.int64)[None, :]
+        labels = classes_at(rows, cols).astype(np.uint8)
+        labels[(rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 6) ** 2] = NODATA
+        valid += chunks.write(c, labels)
+    return group.publish(valid)
