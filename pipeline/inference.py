@@ -1,20 +1,24 @@
-"""Prediction: a callable class that turns batches of normalised tiles into labels.
+"""Prediction: a callable class that turns batches of stored pixels into labels.
 
 Ray's batch-inference idiom: ``__init__`` loads the model once per worker and
-``__call__(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` runs under
-``torch.inference_mode()``. It is equally usable with no cluster at all.
+``__call__(batch: PixelBatch) -> LabelBatch`` runs under ``torch.inference_mode()``.
+It is equally usable with no cluster at all.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from os import PathLike
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from fcnrs.fcn_model import load_checkpoint
 
+from .batches import LabelBatch, PixelBatch
 from .labels import MAX_CLASSES, NODATA
 from .storage import local_copy
 
@@ -59,19 +63,175 @@ def resolve_precision(precision: Precision, device: str) -> Literal["fp32", "bf1
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a numpy array's memory; arrays from Ray's object store are
+    read-only views, which are only ever read here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+def _unsigned(array: np.ndarray) -> np.ndarray:
+    """Integer values as the unsigned integers of the same width (a view): LUT indexes."""
+    return array.view(f"u{array.dtype.itemsize}") if array.dtype.kind == "i" else array
+
+
+class Normalizer:
+    """The model's input from stored pixels, on the replica's device.
+
+    The same arithmetic as :func:`~fcnrs.pipeline.reading.normalize` (float32
+    ``(value - mean) * (1 / std)``, invalid band values at 0, then the model's
+    dtype), so labels are the same bytes as from pre-normalised float32 input;
+    validity follows :class:`~fcnrs.pipeline.batches.PixelBatch`. Integer data of
+    up to 16 bits go through a lookup table per band (every stored value,
+    normalised once), which on a CPU costs a third of the arithmetic; other
+    types are computed.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.mean = np.asarray(mean, np.float32)
+        self.inv_std = 1.0 / np.asarray(std, np.float32)
+        self.dtype, self.device = dtype, device
+        self._tables: dict[tuple[str, tuple[float | None, ...]], Any] = {}
+
+    def __call__(self, batch: PixelBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, valid)``: the model's input ``(n, bands, h, w)`` (its dtype, on its
+        device) and which core pixels are valid, bool ``(n, core h, core w)``."""
+        image = batch.image
+        nodata = _usable(image.dtype, batch.nodata)
+        if image.dtype.kind in "iu" and image.dtype.itemsize <= 2:
+            x = self._looked_up(image, nodata)
+        else:
+            x = self._computed(image, nodata)
+        masks = None
+        if batch.valid is not None:
+            masks = self._to_device(batch.valid)
+            x.masked_fill_(~masks, 0)
+        r, c, h, w = batch.core
+        core = (slice(None), slice(None), slice(r, r + h), slice(c, c + w))
+        planes = self._band_ok(
+            self._to_device(image[core]), None if masks is None else masks[core], nodata
+        )
+        if any(p is None for p in planes):  # a band with nothing invalid: every pixel
+            return x, torch.ones((len(batch), h, w), dtype=torch.bool, device=self.device)
+        valid = planes[0].clone()
+        for plane in planes[1:]:
+            valid |= plane
+        return x, valid
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        t = _tensor(array)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _table(self, dtype: np.dtype, nodata: tuple[float | None, ...]) -> Any:
+        key = (dtype.str, nodata)
+        table = self._tables.get(key)
+        if table is None:
+            codes = np.arange(2 ** (8 * dtype.itemsize), dtype=f"u{dtype.itemsize}")
+            values = codes.view(dtype).astype(np.float32)
+            lut = (values[None, :] - self.mean[:, None]) * self.inv_std[:, None]
+            for b, v in enumerate(nodata):
+                if v is not None:
+                    lut[b, np.array(v, dtype).view(codes.dtype)] = 0.0
+            t = torch.from_numpy(lut).to(self.dtype)
+            if self.device.type == "cuda":
+                table = t.to(self.device)
+            else:  # numpy gathers faster than torch on a CPU; bf16 as its 16 bits
+                table = t.view(torch.int16).numpy() if self.dtype == torch.bfloat16 else t.numpy()
+            self._tables[key] = table
+        return table
+
+    def _looked_up(self, image: np.ndarray, nodata: tuple[float | None, ...]) -> torch.Tensor:
+        table = self._table(image.dtype, nodata)
+        codes = _unsigned(image)
+        if self.device.type == "cuda":
+            idx = self._to_device(codes).to(torch.int64)
+            bands = torch.arange(image.shape[1], device=self.device)[None, :, None, None]
+            return table[bands, idx]
+        out = np.empty(image.shape, table.dtype)
+        # Plane by plane, into contiguous memory, without bounds checks (every
+        # code is in the table): 2.3x the speed of one call per band.
+        for k in range(image.shape[0]):
+            for b in range(image.shape[1]):
+                np.take(table[b], codes[k, b], out=out[k, b], mode="wrap")
+        x = torch.from_numpy(out)
+        return x.view(torch.bfloat16) if self.dtype == torch.bfloat16 else x
+
+    def _computed(self, image: np.ndarray, nodata: tuple[float | None, ...]) -> torch.Tensor:
+        raw = self._to_device(image)
+        x = raw.to(torch.float32, copy=True)  # never the batch itself: it is only read
+        shape = (1, -1, 1, 1)
+        x.sub_(torch.from_numpy(self.mean).to(self.device).view(shape))
+        x.mul_(torch.from_numpy(self.inv_std).to(self.device).view(shape))
+        for b, ok in enumerate(self._band_ok(raw, None, nodata)):
+            if ok is not None:
+                x[:, b].masked_fill_(~ok, 0)
+        return x.to(self.dtype)
+
+    @staticmethod
+    def _band_ok(
+        raw: torch.Tensor, masks: torch.Tensor | None, nodata: tuple[float | None, ...]
+    ) -> list[torch.Tensor | None]:
+        """Each band's validity of stored values ``(n, h, w)``; None: all valid."""
+        planes: list[torch.Tensor | None] = []
+        for b, v in enumerate(nodata):
+            ok = None if masks is None else masks[:, min(b, masks.shape[1] - 1)]
+            if raw.is_floating_point():
+                finite = torch.isfinite(raw[:, b])
+                ok = finite if ok is None else ok & finite
+            if v is not None:
+                differs = raw[:, b] != (v if raw.is_floating_point() else int(v))
+                ok = differs if ok is None else ok & differs
+            planes.append(ok)
+        return planes
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch ready for the model (:meth:`Predictor.prepare`), in this process."""
+
+    #: The kept tiles' input on the model's device, ``(kept, bands, h, w)``.
+    x: torch.Tensor
+    #: Their valid core pixels, bool ``(kept, core h, core w)``, on the device.
+    valid: torch.Tensor
+    #: Which of the batch's tiles are kept (have a valid core pixel).
+    keep: np.ndarray
+    core: tuple[int, int, int, int]
+
+
+def _usable(dtype: np.dtype, nodata: tuple[float | None, ...]) -> tuple[float | None, ...]:
+    """The nodata values that can occur in ``dtype`` (None for the others: GDAL's
+    mask treats a value an integer band cannot hold, such as -1 for uint8, as
+    no nodata at all)."""
+    if dtype.kind == "f":
+        return nodata
+    info = np.iinfo(dtype)
+    return tuple(
+        v if v is not None and float(v).is_integer() and info.min <= v <= info.max else None
+        for v in nodata
+    )
+
+
 class Predictor:
     """Labels (and optionally class probabilities) for batches of tiles.
 
-    A batch is a dict of arrays whose first axis is the tile:
-
-    - ``image``: float32 ``(N, bands, H, W)``, normalised, invalid pixels at 0;
-    - ``valid``: bool ``(N, H, W)``;
-    - ``core``: int ``(N, 4)``: row, col, height, width of the core inside the
-      window, the same for every tile of the batch (tiles are grouped so).
-
-    The answer holds ``labels`` uint8 ``(N, h, w)`` cropped to the core, with
-    :data:`~fcnrs.pipeline.labels.NODATA` where the input is invalid, and with ``probabilities``
-    set, ``probabilities`` uint8 ``(N, classes, h, w)`` (softmax x 255, 0 where invalid).
+    Takes a :class:`~fcnrs.pipeline.batches.PixelBatch` (stored pixels, read by
+    :class:`~fcnrs.pipeline.reading.SceneReader`) and returns a
+    :class:`~fcnrs.pipeline.batches.LabelBatch`: labels uint8 ``(n, h, w)``
+    cropped to the core, :data:`~fcnrs.pipeline.labels.NODATA` where the input is
+    invalid, and with ``probabilities`` set, uint8 ``(n, classes, h, w)``
+    (softmax x 255, 0 where invalid). Normalisation, masking, the argmax and the
+    crop all run on the model's device; tiles whose core has no valid pixel do
+    not go through the model.
     """
 
     def __init__(
@@ -96,33 +256,47 @@ class Predictor:
             raise ValueError(
                 f"At most {MAX_CLASSES} classes fit uint8 labels; got {self.num_classes}."
             )
+        self.normalizer = Normalizer(
+            self.meta.mean, self.meta.std, dtype=self.dtype, device=self.device
+        )
 
     @property
     def num_classes(self) -> int:
         return self.meta.num_classes
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        core = np.asarray(batch["core"])
-        if not (core == core[0]).all():
-            raise ValueError("Every tile of a batch must have the same core box.")
-        r, c, h, w = (int(v) for v in core[0])
-        valid = np.asarray(batch["valid"])[:, r : r + h, c : c + w]
-        # Arrays from Ray's object store are read-only; torch wants writable memory.
-        x = torch.from_numpy(np.require(batch["image"], np.float32, ["C", "W"]))
-        if self.device.type == "cuda":
-            x = x.pin_memory()  # lets the copy below overlap with the host's work
+    def __call__(self, batch: PixelBatch) -> LabelBatch:
+        return self.infer(self.prepare(batch))
+
+    def prepare(self, batch: PixelBatch) -> Prepared:
+        """The model's input on its device, and which tiles and core pixels are
+        valid (the part of a call that can run ahead of the model, on another
+        thread)."""
         with torch.inference_mode():
-            x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
-            scores = self.model(x.contiguous(memory_format=torch.channels_last))
-            scores = scores[:, :, r : r + h, c : c + w].float()
-            labels = scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
-            probs = None
-            if self.probabilities:
-                p = torch.softmax(scores, dim=1).mul_(255).round_().to(torch.uint8)
-                probs = p.cpu().numpy()
-        labels[~valid] = NODATA
-        out = {"labels": labels}
-        if probs is not None:
-            probs *= valid[:, None]
-            out["probabilities"] = probs
-        return out
+            x, valid = self.normalizer(batch)
+            keep = valid.flatten(1).any(1)
+            kept = int(keep.sum())
+            if 0 < kept < len(batch):
+                x, valid = x[keep], valid[keep]
+            return Prepared(x, valid, keep.cpu().numpy(), batch.core)
+
+    def infer(self, prepared: Prepared) -> LabelBatch:
+        """Labels (and probabilities) of a prepared batch."""
+        r, c, h, w = prepared.core
+        rows = prepared.keep
+        labels = np.full((len(rows), h, w), NODATA, np.uint8)
+        probs = None
+        if self.probabilities:
+            probs = np.zeros((len(rows), self.num_classes, h, w), np.uint8)
+        if not rows.any():
+            return LabelBatch(labels, probs, 0)
+        valid = prepared.valid
+        with torch.inference_mode():
+            scores = self.model(prepared.x.contiguous(memory_format=torch.channels_last))
+            scores = scores[:, :, r : r + h, c : c + w]
+            # argmax in the model's dtype: widening is exact, so the labels are the same.
+            best = scores.argmax(dim=1).to(torch.uint8).masked_fill_(~valid, NODATA)
+            labels[rows] = best.cpu().numpy()
+            if probs is not None:
+                p = torch.softmax(scores.float(), dim=1).mul_(255).round_().to(torch.uint8)
+                probs[rows] = p.mul_(valid[:, None]).cpu().numpy()
+        return LabelBatch(labels, probs, int(rows.sum()))

@@ -16,7 +16,7 @@ from fcnrs.fcn_model import checkpoint_digest, read_meta
 
 from .inference import Predictor, default_device
 from .planning import plan_batches
-from .reading import TileReader, read_batch
+from .reading import SceneReader
 from .scenes import SegmentSettings, plan_scene
 from .storage import local_copy
 from .writing import staging_group
@@ -72,20 +72,15 @@ def segment_scene(
     group.create()
     chunks = group.chunks()
     predicted = valid_pixels = 0
-    with TileReader(scene, plan.bands, meta.mean, meta.std) as reader:
+    with SceneReader(scene, plan.bands) as reader:
         for planned in plan_batches(plan.grid, settings.batch_size):
-            nodata, tiles, batch = read_batch(reader, planned)
-            for tile in nodata:
-                chunks.write_nodata(tile.core)
-            if batch is None:
-                continue
-            out = predictor(batch)
-            probs = out.get("probabilities")
-            for k, tile in enumerate(tiles):
+            out = predictor(reader.read_batch(planned))
+            probs = out.probabilities
+            for k, tile in enumerate(planned):
                 valid_pixels += chunks.write(
-                    tile.core, out["labels"][k], None if probs is None else probs[k]
+                    tile.core, out.labels[k], None if probs is None else probs[k]
                 )
-            predicted += len(tiles)
+            predicted += out.predicted
     seconds = time.perf_counter() - start
     group.publish(valid_pixels)
     log.info(

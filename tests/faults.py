@@ -1,9 +1,13 @@
 """Test-only fault injection: a poison tile that fails a stage, or kills its process.
 
-A scene whose file name holds a poison word (see :func:`install`) has one poison
-tile, the one whose core starts at row 64, column 64 (an interior tile
-with 64-pixel cores, batched with others of its shape). Faults wrap the stage
-functions themselves (inside their error handling, as a real fault would be):
+A poison tile is the interior tile whose core starts at row 64, column 64
+(64-pixel cores, batched with others of its shape). The read and write stages
+see which scene and tiles a batch is (a :class:`BatchRequest`): there the
+poison tile is that tile of a scene whose file name holds the poison word. The
+model only sees pixels: there a tile is poison when its core holds
+:data:`POISON_VALUE`, which :func:`plant` writes into a scene (a block whose
+pixels crash the model, as a real one can). Faults wrap the stage functions
+themselves (inside their error handling, as a real fault would be):
 
 - ``raise``: the stage raises an ``OSError`` (a disk-full write, a failed read,
   a model error);
@@ -24,28 +28,50 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import rasterio
+
+from fcnrs.pipeline.batches import BatchRequest, PixelBatch
 from fcnrs.pipeline.distributed import stages
 from fcnrs.pipeline.distributed.retries import guarded
 
 FAULTS_ENV = "FCNRS_TEST_FAULTS"
+#: A stored value the factory's uint16 scenes never hold (theirs are 1..10001).
+POISON_VALUE = 60000
+#: Inside the core of the tile at row 64, column 64 (64-px cores).
+POISON_PIXEL = (96, 96)
 
 
-def poisoned(row: dict[str, Any], word: str) -> bool:
-    name = Path(str(row.get("scene") or row["output"])).name
-    tiles = stages.decode_tiles(row["tiles"])
-    return word in name and any((t.core.row, t.core.col) == (64, 64) for t in tiles)
+def plant(scene: Path) -> Path:
+    """Write :data:`POISON_VALUE` into every band at :data:`POISON_PIXEL`."""
+    with rasterio.open(scene, "r+") as dst:
+        r, c = POISON_PIXEL
+        window = ((r, r + 1), (c, c + 1))
+        dst.write(np.full((dst.count, 1, 1), POISON_VALUE, dst.dtypes[0]), window=window)
+    return scene
+
+
+def poisoned(value: Any, word: str) -> bool:
+    if isinstance(value, PixelBatch):
+        r, c, h, w = value.core
+        return bool((value.image[:, 0, r : r + h, c : c + w] == POISON_VALUE).any())
+    assert isinstance(value, BatchRequest)
+    name = Path(value.scene).name
+    return word in name and any((t.core.row, t.core.col) == (64, 64) for t in value.tiles)
 
 
 def _faulty(fn, stage: str, how: str, word: str):
     def call(*args):
-        row = args[-1]
-        if poisoned(row, word):
+        # The read stage is called with the request, the model with the pixels,
+        # the write stage with the request and the labels.
+        value = args[-1] if stage != "write" else args[-2]
+        if poisoned(value, word):
             if how == "die":
                 os.kill(os.getpid(), signal.SIGKILL)
             if how == "raise":
                 raise OSError(28, f"injected {stage} fault", "poison")
-            if how == "memory" and len(row["tiles"]) > 1:
-                raise MemoryError(f"injected: a batch of {len(row['tiles'])} tiles is too big")
+            if how == "memory" and len(getattr(value, "image", getattr(value, "tiles", ()))) > 1:
+                raise MemoryError("injected: a batch with the poison tile is too big")
         return fn(*args)
 
     return call
@@ -62,10 +88,9 @@ def install(stage: str, how: str, word: str = "poison", patch=setattr) -> None:
 
         patch(stages.PredictStage, "__init__", broken)
     elif stage == "predict":
-        inner = stages.PredictStage.__call__.__wrapped__
-        wrapped = guarded("predict")(_faulty(inner, stage, how, word))
-        patch(stages.PredictStage, "__call__", wrapped)
-        patch(stages.PredictStage, "predict", wrapped)
+        # The replica's first step with the pixels, on either engine.
+        inner = stages.PredictStage.prepare.__wrapped__
+        patch(stages.PredictStage, "prepare", guarded("predict")(_faulty(inner, stage, how, word)))
     else:
         name = f"{stage}_stage"
         inner = getattr(stages, name).__wrapped__

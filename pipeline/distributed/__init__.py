@@ -4,7 +4,7 @@ progress. The library call is :func:`run_scenes`."""
 from .driver import RunReport, SceneJob, request_stop, run_scenes
 from .progress import Progress, print_summary
 from .replicas import ReplicaPlan, plan_replicas
-from .stages import PredictStage, decode_tiles, encode_tiles, read_stage, write_stage
+from .stages import PredictStage, read_stage, write_stage
 
 __all__ = [
     "PredictStage",
@@ -12,8 +12,6 @@ __all__ = [
     "ReplicaPlan",
     "RunReport",
     "SceneJob",
-    "decode_tiles",
-    "encode_tiles",
     "plan_replicas",
     "print_summary",
     "read_stage",

@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
@@ -36,6 +36,7 @@ from typing import Any, Literal, TextIO
 
 from fcnrs.fcn_model import ModelMeta, checkpoint_digest, read_meta
 
+from ..batches import BatchRequest, WriteSummary
 from ..errors import Interrupted, OutputError, SceneError
 from ..inference import default_device
 from ..manifest import (
@@ -58,7 +59,7 @@ from .progress import Progress
 from .ray_engine import RayEngine
 from .replicas import ReplicaPlan, plan_replicas
 from .retries import DEFAULT_RETRIES, Failure, WorkItem, after_failure, give_up
-from .stages import PredictStage, encode_tiles
+from .stages import PredictStage
 
 #: Where a run's batches execute: a Ray cluster, or this process.
 Engine = Literal["ray", "local"]
@@ -342,18 +343,17 @@ def _predict_args(run: _Run, plan: ReplicaPlan) -> dict[str, Any]:
     }
 
 
-def _row(run: _Run, job: SceneJob, item: WorkItem) -> dict[str, Any]:
-    """What the read stage needs for an item, as plain values."""
-    return {
-        "scene": job.scene,
-        "version": f"{job.plan.info.size_bytes}:{job.plan.info.mtime_ns}:{job.plan.info.etag}",
-        "output": str(job.plan.output),
-        "bands": list(job.plan.bands),
-        "mean": list(run.meta.mean),
-        "std": list(run.meta.std),
-        "tiles": encode_tiles(item.tiles),
-        "probabilities": run.settings.probabilities,
-    }
+def _request(run: _Run, job: SceneJob, item: WorkItem) -> BatchRequest:
+    """The stages' order for an item."""
+    info = job.plan.info
+    return BatchRequest(
+        scene=job.scene,
+        version=f"{info.size_bytes}:{info.mtime_ns}:{info.etag}",
+        output=str(job.plan.output),
+        bands=tuple(job.plan.bands),
+        tiles=item.tiles,
+        probabilities=run.settings.probabilities,
+    )
 
 
 def _drive(
@@ -379,7 +379,7 @@ def _drive(
         while queue and engine.room() > 0 and not engine.broken:
             item = queue.popleft()
             if not jobs[item.scene_id].closed:  # a failed scene's batches are dropped
-                engine.submit(item, _row(run, jobs[item.scene_id], item))
+                engine.submit(item, _request(run, jobs[item.scene_id], item))
         if engine.broken:
             for job in jobs:
                 if not job.closed:
@@ -407,7 +407,7 @@ def _drive(
                     bar.drop(len(job.pending))
                 _finish(run, job)
                 continue
-            replica_batches[str(result["replica"])] += 1
+            replica_batches[result.replica] += 1
             _absorb(job, item, result)
             if bar:
                 bar.update(len(item.tiles), sum(t.core.height * t.core.width for t in item.tiles))
@@ -415,11 +415,11 @@ def _drive(
                 _finish(run, job)
 
 
-def _absorb(job: SceneJob, item: WorkItem, summary: Mapping[str, Any]) -> None:
+def _absorb(job: SceneJob, item: WorkItem, summary: WriteSummary) -> None:
     """Account for one written item of a scene."""
     job.pending.difference_update(t.index for t in item.tiles)
-    job.predicted += int(summary["predicted"])
-    job.valid_pixels += int(summary["valid_pixels"])
+    job.predicted += summary.predicted
+    job.valid_pixels += summary.valid_pixels
 
 
 def _finish(run: _Run, job: SceneJob) -> None:

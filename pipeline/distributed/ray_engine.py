@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..batches import BatchRequest
 from .replicas import IO_TASK_CPUS, ReplicaPlan
 from .retries import Failure, WorkItem
 from .stages import PredictStage, read_stage, write_stage
@@ -116,10 +117,11 @@ class RayEngine:
     def room(self) -> int:
         return sum(self.depth - len(r.items) for r in self._live())
 
-    def submit(self, item: WorkItem, row: dict[str, Any]) -> None:
+    def submit(self, item: WorkItem, request: BatchRequest) -> None:
         replica = min(self._live(), key=lambda r: len(r.items))
         self.seq += 1
-        ref = self.write.remote(replica.actor.predict.remote(self.read.remote(row)))
+        labels = replica.actor.predict.remote(self.read.remote(request))
+        ref = self.write.remote(request, labels)
         replica.items[self.seq] = item
         self.flight[ref] = (self.seq, item, replica)
 

@@ -1,17 +1,20 @@
-"""The three stages of the Ray pipeline, and the rows that flow between them.
+"""The three stages of a run, and the worker-side state they keep.
 
-A row is one planned batch of one scene (:func:`~fcnrs.pipeline.planning.plan_batches`),
-as a dict of plain values and numpy arrays (what Ray ships between stages):
+Each batch goes through them as typed values (:mod:`fcnrs.pipeline.batches`):
 
-1. :func:`read_stage` (Ray tasks, CPU): windowed reads of the batch's tiles;
-2. :class:`PredictStage` (Ray actors): one model replica per actor, pinned to
-   one GPU (``num_gpus=1``) or to CPU threads where there is no GPU;
-3. :func:`write_stage` (Ray tasks, CPU): each tile core into its own Zarr chunk.
+1. :func:`read_stage` (CPU): a :class:`~fcnrs.pipeline.batches.BatchRequest` in,
+   the windows as stored (:class:`~fcnrs.pipeline.batches.PixelBatch`) out;
+2. :class:`PredictStage`: one model replica, pinned to one GPU (``num_gpus=1``)
+   or to CPU threads where there is none: pixels in, a
+   :class:`~fcnrs.pipeline.batches.LabelBatch` out;
+3. :func:`write_stage` (CPU): each tile core into its own Zarr chunk, and a
+   :class:`~fcnrs.pipeline.batches.WriteSummary` for the driver.
 
 The stages are module-level (Ray ships them by reference) and plain callables,
 so the local engine and tests call them directly, with no cluster. Each raises
 a :class:`~fcnrs.pipeline.distributed.retries.StageError` naming itself when
-anything goes wrong; the driver decides what happens next.
+anything goes wrong; the driver decides what happens next. Any number of
+threads of a process may run them at once.
 """
 
 from __future__ import annotations
@@ -19,55 +22,79 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Generic, TypeVar
 
-import numpy as np
-
-from ..inference import Predictor
-from ..planning import Tile, Window
-from ..reading import TileReader, read_batch
+from ..batches import BatchRequest, LabelBatch, PixelBatch, WriteSummary
+from ..inference import Predictor, Prepared
+from ..reading import SceneReader
 from ..storage import Location
 from ..writing import ChunkWriter, staging_path
 from .retries import guarded
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-class _Recent:
-    """The few objects of a kind a worker used last, keyed; the one it drops is
-    closed. Batches come scene by scene, so two readers serve a whole run while
-    open file descriptors stay bounded however many scenes it has."""
 
-    def __init__(self, size: int, close: Callable[[Any], None] = lambda _: None) -> None:
+class _Recent(Generic[T]):
+    """The few objects of a kind a worker used last, keyed, shared by its threads;
+    one that drops out is closed once no thread uses it any more. Batches come
+    scene by scene, so a few readers serve a whole run while open file
+    descriptors stay bounded however many scenes it has."""
+
+    def __init__(self, size: int, close: Callable[[T], None] = lambda _: None) -> None:
         self.size, self.close = size, close
-        self.items: OrderedDict[str, Any] = OrderedDict()
+        self.items: OrderedDict[str, T] = OrderedDict()
+        self.users: dict[int, int] = {}  # id(item) -> threads using it
+        self.retired: dict[int, T] = {}  # dropped while in use: closed by the last user
+        self.lock = threading.Lock()
 
-    def get(self, key: str, make: Callable[[], Any]) -> Any:
-        if key in self.items:
+    @contextmanager
+    def use(self, key: str, make: Callable[[], T]) -> Iterator[T]:
+        with self.lock:
+            item = self.items.get(key)
+            if item is None:
+                item = self.items[key] = make()
             self.items.move_to_end(key)
-            return self.items[key]
-        value = self.items[key] = make()
-        while len(self.items) > self.size:
-            self.close(self.items.popitem(last=False)[1])
-        return value
+            self.users[id(item)] = self.users.get(id(item), 0) + 1
+            dropped = []
+            while len(self.items) > self.size:
+                _, old = self.items.popitem(last=False)
+                if self.users.get(id(old)):
+                    self.retired[id(old)] = old
+                else:
+                    dropped.append(old)
+        for old in dropped:
+            self.close(old)
+        try:
+            yield item
+        finally:
+            with self.lock:
+                self.users[id(item)] -= 1
+                last = not self.users[id(item)]
+                if last:
+                    del self.users[id(item)]
+                retired = self.retired.pop(id(item), None) if last else None
+            if retired is not None:
+                self.close(retired)
 
     def clear(self) -> None:
-        while self.items:
-            self.close(self.items.popitem(last=False)[1])
+        with self.lock:
+            items = [v for v in self.items.values() if not self.users.get(id(v))]
+            self.items.clear()
+        for item in items:
+            self.close(item)
 
 
-# Per-process: a worker reuses the reader of the scene it reads and the writer
-# of the staging group it writes across that scene's batches.
-_READERS = _Recent(2, TileReader.close)
-_WRITERS = _Recent(4)
-
-_EMPTY_IMAGES = {
-    "image": np.zeros((0, 1, 1, 1), np.float32),
-    "valid": np.zeros((0, 1, 1), bool),
-    "core": np.zeros((0, 4), np.int64),
-}
+# Per process: its threads share the reader of each scene they read (its decoded
+# pieces too) and the writer of each staging group they write.
+_READERS: _Recent[SceneReader] = _Recent(4, SceneReader.close)
+_WRITERS: _Recent[ChunkWriter] = _Recent(8)
 
 
 def close_cached() -> None:
@@ -76,47 +103,15 @@ def close_cached() -> None:
     _WRITERS.clear()
 
 
-def encode_tiles(tiles: Sequence[Tile]) -> np.ndarray:
-    """Tiles as an int64 ``(n, 10)`` array: index (i, j), read window, core window."""
-
-    def fields(w: Window) -> tuple[int, int, int, int]:
-        return (w.row, w.col, w.height, w.width)
-
-    rows = [(*t.index, *fields(t.read), *fields(t.core)) for t in tiles]
-    return np.array(rows, dtype=np.int64).reshape(-1, 10)
-
-
-def decode_tiles(array: np.ndarray) -> list[Tile]:
-    """The inverse of :func:`encode_tiles`."""
-    return [
-        Tile((int(t[0]), int(t[1])), Window(*map(int, t[6:10])), Window(*map(int, t[2:6])))
-        for t in np.asarray(array)
-    ]
-
-
-def _reader(row: dict[str, Any]) -> TileReader:
+@guarded("read")
+def read_stage(request: BatchRequest) -> PixelBatch:
+    """Read a batch's windows as stored (:meth:`~fcnrs.pipeline.reading.SceneReader.read_batch`).
+    Any exception becomes a :class:`~fcnrs.pipeline.distributed.retries.StageError`."""
     # The source's version is part of the key: a scene replaced between runs of a
     # long-lived worker is opened anew.
-    key = f"{row['scene']}|{row['version']}|{list(row['bands'])}|{list(row['mean'])}|{list(row['std'])}"
-    return _READERS.get(
-        key, lambda: TileReader(row["scene"], row["bands"], row["mean"], row["std"])
-    )
-
-
-@guarded("read")
-def read_stage(row: dict[str, Any]) -> dict[str, Any]:
-    """Read a planned batch with :func:`~fcnrs.pipeline.reading.read_batch`.
-
-    ``keep`` lists the positions of the tiles that go to the model (the others
-    have no valid pixel). Any exception becomes a
-    :class:`~fcnrs.pipeline.distributed.retries.StageError`.
-    """
-    out = {k: row[k] for k in ("output", "tiles", "probabilities")}
-    tiles = decode_tiles(row["tiles"])
-    _, kept, arrays = read_batch(_reader(row), tiles)
-    position = {tile.index: k for k, tile in enumerate(tiles)}
-    out["keep"] = np.array([position[tile.index] for tile in kept], dtype=np.int64)
-    return out | (arrays if arrays is not None else _EMPTY_IMAGES)
+    key = f"{request.scene}|{request.version}|{list(request.bands)}"
+    with _READERS.use(key, lambda: SceneReader(request.scene, request.bands)) as reader:
+        return reader.read_batch(request.tiles)
 
 
 class PredictStage:
@@ -152,48 +147,32 @@ class PredictStage:
         return self.replica
 
     @guarded("predict")
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        out = {k: row[k] for k in ("output", "tiles", "keep", "probabilities")}
-        out["replica"] = self.replica
-        n = len(row["keep"])
-        if n:
-            result = self.predictor(
-                {"image": row["image"], "valid": row["valid"], "core": row["core"]}
-            )
-            out["labels"] = result["labels"]
-            out["probs"] = result.get("probabilities", np.zeros((n, 0, 1, 1), np.uint8))
-        else:
-            out["labels"] = np.zeros((0, 1, 1), np.uint8)
-            out["probs"] = np.zeros((0, 0, 1, 1), np.uint8)
-        return out
+    def prepare(self, pixels: PixelBatch) -> Prepared:
+        """Normalise and mask on the replica's device (see :meth:`Predictor.prepare`):
+        the local engine runs this ahead, on its read threads."""
+        return self.predictor.prepare(pixels)
+
+    @guarded("predict")
+    def infer(self, prepared: Prepared) -> LabelBatch:
+        return replace(self.predictor.infer(prepared), replica=self.replica)
+
+    def __call__(self, pixels: PixelBatch) -> LabelBatch:
+        return self.infer(self.prepare(pixels))
 
     predict = __call__  # the name a Ray actor method is called by
 
 
-def _writer(row: dict[str, Any]) -> ChunkWriter:
-    stage = str(staging_path(Location(str(row["output"]))))
-    return _WRITERS.get(stage, lambda: ChunkWriter(stage, probabilities=bool(row["probabilities"])))
-
-
 @guarded("write")
-def write_stage(row: dict[str, Any]) -> dict[str, Any]:
+def write_stage(request: BatchRequest, labels: LabelBatch) -> WriteSummary:
     """Write every tile of a batch, each into its own chunk (one writer per chunk),
     and report how many tiles were predicted and how many pixels are valid."""
-    summary = {
-        "replica": row["replica"],
-        "tiles": len(row["tiles"]),
-        "predicted": len(row["keep"]),
-        "valid_pixels": 0,
-    }
-    writer = _writer(row)
-    predicted = {int(k): i for i, k in enumerate(np.asarray(row["keep"]))}
-    probs = np.asarray(row["probs"])
-    for k, tile in enumerate(decode_tiles(row["tiles"])):
-        if k in predicted:
-            i = predicted[k]
-            summary["valid_pixels"] += writer.write(
-                tile.core, np.asarray(row["labels"][i]), probs[i] if probs.shape[1] else None
-            )
-        else:
-            summary["valid_pixels"] += writer.write_nodata(tile.core)
-    return summary
+    stage = str(staging_path(Location(request.output)))
+    probabilities = labels.probabilities
+    valid = 0
+    with _WRITERS.use(
+        stage, lambda: ChunkWriter(stage, probabilities=request.probabilities)
+    ) as writer:
+        for k, tile in enumerate(request.tiles):
+            probs: Any = probabilities[k] if probabilities is not None else None
+            valid += writer.write(tile.core, labels.labels[k], probs)
+    return WriteSummary(labels.replica, len(request.tiles), labels.predicted, valid)

@@ -10,7 +10,7 @@ import zarr
 
 from fcnrs.fcn_model import load_checkpoint
 from fcnrs.pipeline.errors import SceneError
-from fcnrs.pipeline.reading import TileReader
+from fcnrs.pipeline.reading import SceneReader, TileReader
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
 from fcnrs.pipeline.writing import is_complete
@@ -195,16 +195,31 @@ def test_truncated_geotiff_fails_and_keeps_earlier_output(make_scene, make_check
     assert not is_complete(out / ".scene.zarr.partial")
 
 
-def test_reads_never_exceed_one_tile_plus_halo(make_scene, make_checkpoint, tmp_path, monkeypatch):
-    scene = make_scene(height=1100, width=1300, mask="nodata")
+def test_reads_are_windowed_and_decode_each_block_once(
+    make_scene, make_checkpoint, tmp_path, monkeypatch
+):
+    """Every tile asks for its window only; GDAL is asked for whole, aligned
+    pieces of blocks, each once (halos shared between tiles are not decoded
+    twice), never for more than a bounded piece, and never for the whole scene."""
+    scene = make_scene(height=1100, width=1300, mask="nodata")  # 128-px blocks
     asked = []
-    original = TileReader.read
+    original = SceneReader.read_into
 
-    def spy(self, window):
+    def spy(self, window, image, valid):
         asked.append(window.shape)
-        return original(self, window)
+        return original(self, window, image, valid)
 
-    monkeypatch.setattr(TileReader, "read", spy)
+    monkeypatch.setattr(SceneReader, "read_into", spy)
+    seen = []
+    real = rasterio.io.DatasetReader.read
+
+    def read(self, *args, window=None, **kw):
+        seen.append(
+            (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+        )
+        return real(self, *args, window=window, **kw)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", read)
     result = segment_scene(
         scene,
         model=make_checkpoint(),
@@ -213,23 +228,7 @@ def test_reads_never_exceed_one_tile_plus_halo(make_scene, make_checkpoint, tmp_
     )
     assert len(asked) == result.tiles == 30
     assert max(h for h, _ in asked) <= 256 + 2 * 64 and max(w for _, w in asked) <= 384
-
-    def rasterio_windows():
-        seen = []
-        real = rasterio.io.DatasetReader.read
-
-        def read(self, *args, window=None, **kw):
-            seen.append((int(window.height), int(window.width)))
-            return real(self, *args, window=window, **kw)
-
-        return seen, read
-
-    seen, read = rasterio_windows()
-    monkeypatch.setattr(rasterio.io.DatasetReader, "read", read)
-    segment_scene(
-        scene,
-        model=make_checkpoint(),
-        out_dir=tmp_path / "out2",
-        settings=SegmentSettings(tile_size=256, overlap=64),
-    )
-    assert len(seen) == 30 and max(max(s) for s in seen) <= 384
+    # Pieces of 2 x 2 blocks (256 px), aligned, each read once: 1100 x 1300 px in all.
+    assert len(seen) == len(set(seen)) == 5 * 6
+    assert all(r % 128 == 0 and c % 128 == 0 and h <= 256 and w <= 256 for r, c, h, w in seen)
+    assert sum(h * w for _, _, h, w in seen) == 1100 * 1300

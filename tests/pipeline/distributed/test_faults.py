@@ -31,7 +31,7 @@ def night(make_scene, make_checkpoint, tmp_path):
     engine writes the same bytes, tested in test_driver.py)."""
     scenes = [
         make_scene("good1.tif", height=200, width=260, seed=1),
-        make_scene("poison.tif", height=320, width=300, seed=2),
+        faults.plant(make_scene("poison.tif", height=320, width=300, seed=2)),
         make_scene("good2.tif", height=150, width=300, seed=3),
     ]
     ckpt = make_checkpoint()
@@ -157,7 +157,7 @@ def test_on_ray_a_tile_that_kills_its_replica_fails_alone(make_scene, make_check
         make_scene("good1.tif", height=200, width=260, seed=1),
         make_scene("good2.tif", height=150, width=300, seed=3),
     ]
-    dies = make_scene("dies.tif", height=320, width=300, seed=2)
+    dies = faults.plant(make_scene("dies.tif", height=320, width=300, seed=2))
     raises = make_scene("raises.tif", height=320, width=300, seed=5)
     ckpt = make_checkpoint()
     clean = tmp_path / "clean"

@@ -1,44 +1,19 @@
-"""The three stages and the tile codec, called directly with no cluster."""
+"""The three stages, called directly with no cluster."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import zarr
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fcnrs.fcn_model import read_meta
-from fcnrs.pipeline.distributed import (
-    PredictStage,
-    decode_tiles,
-    encode_tiles,
-    read_stage,
-    write_stage,
-)
+from fcnrs.pipeline.batches import BatchRequest
+from fcnrs.pipeline.distributed import PredictStage, read_stage, write_stage
 from fcnrs.pipeline.distributed.retries import Failure, StageError, guarded
 from fcnrs.pipeline.labels import NODATA
-from fcnrs.pipeline.planning import plan_batches, plan_tiles
+from fcnrs.pipeline.planning import plan_batches
 from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
 from fcnrs.pipeline.writing import staging_group
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    height=st.integers(1, 700),
-    width=st.integers(1, 700),
-    tile=st.integers(1, 300),
-    overlap=st.integers(0, 100),
-)
-def test_tile_codec_round_trips_every_tile(height, width, tile, overlap):
-    tiles = list(plan_tiles(height, width, tile_size=tile, overlap=overlap))
-    encoded = encode_tiles(tiles)
-    assert encoded.dtype == np.int64 and encoded.shape == (len(tiles), 10)
-    assert decode_tiles(encoded) == tiles
-
-
-def test_codec_of_no_tiles_is_empty():
-    assert encode_tiles([]).shape == (0, 10) and decode_tiles(encode_tiles([])) == []
 
 
 @pytest.fixture
@@ -56,47 +31,48 @@ def planned(make_scene, make_checkpoint, tmp_path):
     return scene, ckpt, meta, plan, group
 
 
-def _row(scene, meta, plan, batch):
-    return {
-        "scene": str(scene),
-        "version": "1",
-        "output": str(plan.output),
-        "bands": list(plan.bands),
-        "mean": list(meta.mean),
-        "std": list(meta.std),
-        "tiles": encode_tiles(batch),
-        "probabilities": False,
-    }
+def _request(scene, plan, batch):
+    return BatchRequest(
+        scene=str(scene),
+        version="1",
+        output=str(plan.output),
+        bands=tuple(plan.bands),
+        tiles=tuple(batch),
+        probabilities=False,
+    )
 
 
 def test_stages_chained_by_hand_write_the_batch_and_count_its_pixels(planned):
-    scene, ckpt, meta, plan, group = planned
+    scene, ckpt, _, plan, group = planned
     batch = next(b for b in plan_batches(plan.grid, 4) if (1, 2) in [t.index for t in b])
     assert len(batch) == 4
-    read = read_stage(_row(scene, meta, plan, batch))
-    # The all-nodata tile (1, 2) never goes to the model.
-    assert [batch[k].index for k in read["keep"]] == [t.index for t in batch if t.index != (1, 2)]
-    assert read["image"].shape[0] == len(batch) - 1
-    predicted = PredictStage(ckpt, device="cpu", precision="fp32", probabilities=False, threads=1)(
-        read
-    )
-    assert predicted["labels"].shape == (len(batch) - 1, 64, 64)
-    summary = write_stage(predicted)
-    assert summary["tiles"] == len(batch) and summary["predicted"] == len(batch) - 1
-    labels = zarr.open_group(str(group.stage), mode="r")["labels"]
-    written = sum(int((labels[t.core.slices()] != NODATA).sum()) for t in batch)
-    assert summary["valid_pixels"] == written > 0
-    assert (labels[64:128, 128:192] == NODATA).all()
+    request = _request(scene, plan, batch)
+    pixels = read_stage(request)
+    # Stored values: the scene's uint16, nothing normalised, every tile read.
+    assert pixels.image.dtype == np.uint16 and pixels.image.shape == (4, 3, 128, 128)
+    assert pixels.valid is None and pixels.nodata == (0.0, 0.0, 0.0)
+    predict = PredictStage(ckpt, device="cpu", precision="fp32", probabilities=False, threads=1)
+    labels = predict(pixels)
+    # The all-nodata tile (1, 2) never goes to the model; its labels are nodata.
+    assert labels.labels.shape == (4, 64, 64) and labels.predicted == 3
+    assert (labels.labels[[t.index for t in batch].index((1, 2))] == NODATA).all()
+    summary = write_stage(request, labels)
+    assert summary.tiles == len(batch) and summary.predicted == len(batch) - 1
+    assert summary.replica == predict.replica
+    stored = zarr.open_group(str(group.stage), mode="r")["labels"]
+    written = sum(int((stored[t.core.slices()] != NODATA).sum()) for t in batch)
+    assert summary.valid_pixels == written > 0
+    assert (stored[64:128, 128:192] == NODATA).all()
     assert group.done_tiles() == {t.index for t in batch}
 
 
 def test_a_stage_error_names_the_stage_and_the_file_and_writes_nothing(planned, tmp_path):
-    scene, _, meta, plan, group = planned
+    scene, _, _, plan, group = planned
     batch = plan_batches(plan.grid, 4)[0]
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(scene.read_bytes()[:3000])
     with pytest.raises(StageError) as caught:
-        read_stage(_row(truncated, meta, plan, batch))
+        read_stage(_request(truncated, plan, batch))
     assert caught.value.stage == "read" and str(truncated) in str(caught.value)
     assert str(caught.value).startswith("read stage: SceneError: ")
     assert not caught.value.memory
