@@ -119,18 +119,28 @@ class Sampler(threading.Thread):
         return max((r for _, r in self.rss), default=0) / 2**20
 
 
-def run_job(scene: Path, model: Path, out: Path, engine: str, stats: Path, profile: Path | None):
+def run_job(
+    scenes: list[Path],
+    model: Path,
+    out: Path,
+    engine: str,
+    stats: Path,
+    profile: Path | None = None,
+    *,
+    zero_cost: bool = True,
+) -> tuple[float, Sampler, str]:
+    """Run the job as its own process (the shim on its path); returns its wall
+    seconds, the CPU and memory samples, and its output."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")]))
     env["FCNRS_FEED_STATS"] = str(stats)
-    cmd = [sys.executable, str(JOB), "--model", str(model), "--scenes", str(scene)]
+    env["FCNRS_ZERO_COST"] = "1" if zero_cost else "0"
+    cmd = [sys.executable, str(JOB), "--model", str(model), "--scenes", *map(str, scenes)]
     cmd += ["--out", str(out), "--engine", engine]
     if profile is not None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        cmd = [spy, "record", "--subprocesses", "--rate", "50", "--format", "raw"]
-        cmd += ["--nonblocking", "--output", str(profile), "--", sys.executable, str(JOB)]
-        cmd += ["--model", str(model), "--scenes", str(scene), "--out", str(out)]
-        cmd += ["--engine", engine]
+        spy_cmd = [spy, "record", "--subprocesses", "--rate", "50", "--format", "raw"]
+        cmd = [*spy_cmd, "--nonblocking", "--output", str(profile), "--", *cmd]
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sampler = Sampler(proc.pid)
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
                 out = work / f"out-{engine}-{size}-{k}"
                 shutil.rmtree(out, ignore_errors=True)
-                wall, sampler, _ = run_job(scene, model, out, engine, stats, None)
+                wall, sampler, _ = run_job([scene], model, out, engine, stats)
                 marks, moved = read_stats(stats)
                 seconds = marks["end"] - marks["first_submit"]
                 row = dict(
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
                 raw = work / f"profile-{engine}-{size}.txt"
                 out = work / f"out-{engine}-{size}-profile"
-                run_job(scene, model, out, engine, stats, raw)
+                run_job([scene], model, out, engine, stats, raw)
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"\nprofile, {engine} engine, {size}² (py-spy, all processes):")
                 print(profile_table(raw), flush=True)

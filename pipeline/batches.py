@@ -81,6 +81,8 @@ class LabelBatch:
     predicted: int
     #: The replica that computed them: the run summary shows how work spread.
     replica: str = ""
+    #: Seconds the replica's model step took (its busy time).
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,5 @@ class WriteSummary:
     tiles: int
     predicted: int
     valid_pixels: int
+    #: Seconds the replica's model step took for this batch.
+    replica_seconds: float = 0.0

@@ -7,11 +7,12 @@ It is equally usable with no cluster at all.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +23,11 @@ from .batches import LabelBatch, PixelBatch
 from .labels import MAX_CLASSES, NODATA
 from .storage import local_copy
 
+#: Tiles per batch on a CPU: 4 windows of 1728² keep every core busy and memory small.
+CPU_BATCH = 4
+#: The most tiles per batch on a GPU, whatever its memory: the host holds a few
+#: batches per replica in flight.
+MAX_GPU_BATCH = 32
 #: ``auto`` resolves to ``bf16`` where the hardware runs it fast, else ``fp32``.
 Precision = Literal["auto", "fp32", "bf16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -82,10 +88,10 @@ class Normalizer:
     The same arithmetic as :func:`~fcnrs.pipeline.reading.normalize` (float32
     ``(value - mean) * (1 / std)``, invalid band values at 0, then the model's
     dtype), so labels are the same bytes as from pre-normalised float32 input;
-    validity follows :class:`~fcnrs.pipeline.batches.PixelBatch`. Integer data of
-    up to 16 bits go through a lookup table per band (every stored value,
-    normalised once), which on a CPU costs a third of the arithmetic; other
-    types are computed.
+    validity follows :class:`~fcnrs.pipeline.batches.PixelBatch`. On a CPU,
+    integer data of up to 16 bits go through a lookup table per band (every
+    stored value, normalised once), which costs a third of the arithmetic; a GPU
+    computes it, as it does every other type.
     """
 
     def __init__(
@@ -99,16 +105,16 @@ class Normalizer:
         self.mean = np.asarray(mean, np.float32)
         self.inv_std = 1.0 / np.asarray(std, np.float32)
         self.dtype, self.device = dtype, device
-        self._tables: dict[tuple[str, tuple[float | None, ...]], Any] = {}
+        self._tables: dict[tuple[str, tuple[float | None, ...]], np.ndarray] = {}
 
     def __call__(self, batch: PixelBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, valid)``: the model's input ``(n, bands, h, w)`` (its dtype, on its
         device) and which core pixels are valid, bool ``(n, core h, core w)``."""
         image = batch.image
         nodata = _usable(image.dtype, batch.nodata)
-        if image.dtype.kind in "iu" and image.dtype.itemsize <= 2:
+        if self.device.type == "cpu" and image.dtype.kind in "iu" and image.dtype.itemsize <= 2:
             x = self._looked_up(image, nodata)
-        else:
+        else:  # a GPU computes it faster than it would gather it
             x = self._computed(image, nodata)
         masks = None
         if batch.valid is not None:
@@ -132,7 +138,9 @@ class Normalizer:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
-    def _table(self, dtype: np.dtype, nodata: tuple[float | None, ...]) -> Any:
+    def _table(self, dtype: np.dtype, nodata: tuple[float | None, ...]) -> np.ndarray:
+        """Every stored value of ``dtype``, normalised per band and in the model's
+        dtype (bf16 as its 16 bits: numpy gathers them faster than torch)."""
         key = (dtype.str, nodata)
         table = self._tables.get(key)
         if table is None:
@@ -143,20 +151,13 @@ class Normalizer:
                 if v is not None:
                     lut[b, np.array(v, dtype).view(codes.dtype)] = 0.0
             t = torch.from_numpy(lut).to(self.dtype)
-            if self.device.type == "cuda":
-                table = t.to(self.device)
-            else:  # numpy gathers faster than torch on a CPU; bf16 as its 16 bits
-                table = t.view(torch.int16).numpy() if self.dtype == torch.bfloat16 else t.numpy()
+            table = t.view(torch.int16).numpy() if self.dtype == torch.bfloat16 else t.numpy()
             self._tables[key] = table
         return table
 
     def _looked_up(self, image: np.ndarray, nodata: tuple[float | None, ...]) -> torch.Tensor:
         table = self._table(image.dtype, nodata)
         codes = _unsigned(image)
-        if self.device.type == "cuda":
-            idx = self._to_device(codes).to(torch.int64)
-            bands = torch.arange(image.shape[1], device=self.device)[None, :, None, None]
-            return table[bands, idx]
         out = np.empty(image.shape, table.dtype)
         # Plane by plane, into contiguous memory, without bounds checks (every
         # code is in the table): 2.3x the speed of one call per band.
@@ -281,6 +282,7 @@ class Predictor:
 
     def infer(self, prepared: Prepared) -> LabelBatch:
         """Labels (and probabilities) of a prepared batch."""
+        start = time.perf_counter()
         r, c, h, w = prepared.core
         rows = prepared.keep
         labels = np.full((len(rows), h, w), NODATA, np.uint8)
@@ -299,4 +301,22 @@ class Predictor:
             if probs is not None:
                 p = torch.softmax(scores.float(), dim=1).mul_(255).round_().to(torch.uint8)
                 probs[rows] = p.mul_(valid[:, None]).cpu().numpy()
-        return LabelBatch(labels, probs, int(rows.sum()))
+        return LabelBatch(labels, probs, int(rows.sum()), seconds=time.perf_counter() - start)
+
+    def batch_size(self, window: tuple[int, int]) -> int:
+        """Tiles per batch for windows of this shape on this device: on a CPU
+        :data:`CPU_BATCH`; on a GPU as many as half of its free memory holds, as
+        measured by one forward pass (at most :data:`MAX_GPU_BATCH`)."""
+        if self.device.type != "cuda":
+            return CPU_BATCH
+        bands = self.meta.in_channels
+        x = torch.zeros((1, bands, *window), dtype=self.dtype, device=self.device)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        with torch.inference_mode():
+            self.model(x.contiguous(memory_format=torch.channels_last))
+        torch.cuda.synchronize(self.device)
+        per_window = torch.cuda.max_memory_allocated(self.device) - before
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, min(MAX_GPU_BATCH, int(free * 0.5 // max(per_window, 1))))

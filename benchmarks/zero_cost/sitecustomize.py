@@ -1,14 +1,15 @@
 """Benchmark-only: FCN forward passes that cost nothing, and stage accounting.
 
-``benchmarks/feed_ceiling.py`` puts this folder first on ``PYTHONPATH`` of the
-job it measures, so every Python process of the run (the job, and the Ray
-workers it starts, which inherit its environment) loads it at start-up. It
-changes nothing until the project's own modules are imported:
+``benchmarks/feed_ceiling.py`` (and ``gpu_node.py``) put this folder first on
+``PYTHONPATH`` of the job they measure, with ``FCNRS_FEED_STATS`` set to a
+folder, so every Python process of the run (the job, and the Ray workers it
+starts, which inherit its environment) loads it at start-up. It changes nothing
+until the project's own modules are imported:
 
-- ``fcnrs.fcn_model.network``: ``FCN.forward`` returns zero class scores of the
-  right shape, dtype, device and memory layout at once, so what is left of the
-  run is the work around the model (reads, validity, normalisation, transfers
-  between stages, argmax, writes);
+- ``fcnrs.fcn_model.network``, only with ``FCNRS_ZERO_COST=1``: ``FCN.forward``
+  returns zero class scores of the right shape, dtype, device and memory layout
+  at once, so what is left of the run is the work around the model (reads,
+  validity, normalisation, transfers between stages, argmax, writes);
 - ``fcnrs.pipeline.distributed.stages``: the bytes each stage hands to the next
   are appended to ``$FCNRS_FEED_STATS/bytes-<pid>.txt``;
 - ``fcnrs.pipeline.distributed.driver``: the time the first batch went to the
@@ -105,10 +106,11 @@ def _patch_driver(module):
 
 
 _PATCHES = {
-    "fcnrs.fcn_model.network": _patch_network,
     "fcnrs.pipeline.distributed.stages": _patch_stages,
     "fcnrs.pipeline.distributed.driver": _patch_driver,
 }
+if os.environ.get("FCNRS_ZERO_COST") == "1":
+    _PATCHES["fcnrs.fcn_model.network"] = _patch_network
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -146,6 +146,10 @@ class PredictStage:
         """The replica's name, once its model is loaded."""
         return self.replica
 
+    def batch_size(self, window: tuple[int, int]) -> int:
+        """Tiles per batch for this window shape on this replica's device."""
+        return self.predictor.batch_size(window)
+
     @guarded("predict")
     def prepare(self, pixels: PixelBatch) -> Prepared:
         """Normalise and mask on the replica's device (see :meth:`Predictor.prepare`):
@@ -175,4 +179,4 @@ def write_stage(request: BatchRequest, labels: LabelBatch) -> WriteSummary:
         for k, tile in enumerate(request.tiles):
             probs: Any = probabilities[k] if probabilities is not None else None
             valid += writer.write(tile.core, labels.labels[k], probs)
-    return WriteSummary(labels.replica, len(request.tiles), labels.predicted, valid)
+    return WriteSummary(labels.replica, len(request.tiles), labels.predicted, valid, labels.seconds)
