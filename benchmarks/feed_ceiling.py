@@ -178,7 +178,7 @@ def classify(stack: str) -> str:
         return "predict"
     if "_drive" in stack or "run_scenes" in stack or "publish" in stack:
         return "driver"
-    if "_find_and_load" in stack or "<module>" in stack:
+    if "_find_and_load" in stack:
         return "start-up (imports)"
     return "other (Ray, threads idle in Python)"
 

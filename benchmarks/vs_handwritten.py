@@ -13,8 +13,9 @@ and ``jobs/segment_scenes.py`` (its defaults: precision auto, the local engine)
 alternately, ``--repeats`` times each, start-up included, under
 ``/usr/bin/time`` for peak RSS; it prints output Mpx/s, peak RSS, the median
 ratio, and label agreement with the script's fp32 labels. "model alone" is the
-Predictor on the same windows pre-read into memory, every core, the same
-precision: the pipeline's efficiency is its end-to-end rate over that.
+Predictor's model step (forward pass, crop, argmax) on the same windows, read
+and prepared for it beforehand, every core, the same precision: the pipeline's
+efficiency is its end-to-end rate over that.
 
     python benchmarks/vs_handwritten.py [--repeats 3] [--set-size 4096 --set-count 4]
 """
@@ -38,7 +39,7 @@ from fcnrs.fcn_model import read_meta
 from fcnrs.pipeline.distributed.local import available_cpus
 from fcnrs.pipeline.inference import Predictor, resolve_precision
 from fcnrs.pipeline.planning import plan_batches
-from fcnrs.pipeline.reading import TileReader, read_batch
+from fcnrs.pipeline.reading import SceneReader
 from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import train_in_process
@@ -153,17 +154,17 @@ def model_alone(scene: Path, model: Path, settings: SegmentSettings) -> float:
     """Output Mpx/s of the Predictor alone over the scene's pre-read batches."""
     meta = read_meta(model)
     plan = plan_scene(scene, meta=meta, out_dir="/nonexistent", settings=settings)
-    with TileReader(scene, plan.bands, meta.mean, meta.std) as reader:
-        batches = [read_batch(reader, b)[2] for b in plan_batches(plan.grid, settings.batch_size)]
     import torch
 
     torch.set_num_threads(available_cpus())
     predictor = Predictor(model, device="cpu", precision=settings.precision)
-    predictor(batches[0])
+    size = settings.batch_size or predictor.batch_size(plan.grid.max_read_shape)
+    with SceneReader(scene, plan.bands) as reader:
+        batches = [predictor.prepare(reader.read_batch(b)) for b in plan_batches(plan.grid, size)]
+    predictor.infer(batches[0])
     t0 = time.perf_counter()
     for batch in batches:
-        if batch is not None:
-            predictor(batch)
+        predictor.infer(batch)
     return plan.info.height * plan.info.width / (time.perf_counter() - t0) / 1e6
 
 

@@ -30,17 +30,12 @@ implementation pads *and crops exactly* instead:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: The variants by name: ``fcnNs`` has output stride N before its last upsampling.
-Variant = Literal["fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s"]
-
-#: The network's output stride: tile origins must sit on multiples of it.
-STRIDE = 32
+from .meta import STRIDE, Variant
 
 # VGG16 configuration D: (block, number of 3x3 convolutions, output channels).
 _VGG16_BLOCKS: tuple[tuple[int, int, int], ...] = (

@@ -76,7 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="context halo on each side in pixels, rounded up to a multiple of 32 "
         "(default %(default)s)",
     )
-    p.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per model call")
+    p.add_argument(
+        "--batch-size",
+        type=at_least(1),
+        default=None,
+        help="tiles per model call (default: 4 on a CPU; on a GPU as many as half "
+        "its free memory holds, measured by the replica)",
+    )
     add_bands(p, "e.g. 4,3,2 (1-based; default: the checkpoint's)")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument(

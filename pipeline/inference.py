@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Literal
 
 import numpy as np
 import torch
@@ -21,52 +20,29 @@ from fcnrs.fcn_model import load_checkpoint
 
 from .batches import LabelBatch, PixelBatch
 from .labels import MAX_CLASSES, NODATA
+from .precision import Precision, cpu_has_fast_bf16, default_device, resolve_precision
 from .storage import local_copy
+
+__all__ = [
+    "CPU_BATCH",
+    "MAX_GPU_BATCH",
+    "LabelBatch",
+    "Normalizer",
+    "PixelBatch",
+    "Precision",
+    "Predictor",
+    "Prepared",
+    "cpu_has_fast_bf16",
+    "default_device",
+    "resolve_precision",
+]
 
 #: Tiles per batch on a CPU: 4 windows of 1728² keep every core busy and memory small.
 CPU_BATCH = 4
 #: The most tiles per batch on a GPU, whatever its memory: the host holds a few
 #: batches per replica in flight.
 MAX_GPU_BATCH = 32
-#: ``auto`` resolves to ``bf16`` where the hardware runs it fast, else ``fp32``.
-Precision = Literal["auto", "fp32", "bf16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-#: CPU features with native bf16 matrix arithmetic (AVX512-BF16, AMX).
-_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16
-    convolutions run 1.6-2x faster than fp32 (``benchmarks/model_throughput.py``);
-    elsewhere bf16 is emulated and slower."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo = fh.read()
-        except OSError:  # not Linux: no flags to read, stay with fp32
-            return False
-    flags = set(cpuinfo.split())
-    return any(flag in flags for flag in _BF16_CPU_FLAGS)
-
-
-def resolve_precision(precision: Precision, device: str) -> Literal["fp32", "bf16"]:
-    """The precision ``auto`` stands for on ``device`` (``cpu`` or ``cuda``).
-
-    CUDA: bf16 where the device supports it (Ampere and later; a driver with no
-    local GPU, planning for a GPU cluster, assumes it does). CPU: bf16 with
-    AVX512-BF16 or AMX, fp32 otherwise.
-    """
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return "bf16"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:

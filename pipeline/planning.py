@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from rasterio.windows import Window as RasterioWindow
 
-from fcnrs.fcn_model.network import STRIDE
+from fcnrs.fcn_model.meta import STRIDE
 
 log = logging.getLogger(__name__)
 

@@ -161,14 +161,26 @@ def pixel_valid(band_valid: np.ndarray) -> np.ndarray:
 
 
 def normalize(
-    data: np.ndarray, band_valid: np.ndarray, mean: np.ndarray, std: np.ndarray
+    data: np.ndarray,
+    band_valid: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``(data - mean) / std`` in place, with invalid band values at 0 (the band's
-    mean), so raw nodata values never reach the model."""
-    data -= np.asarray(mean, np.float32).reshape(-1, 1, 1)
-    data *= (1.0 / np.asarray(std, np.float32)).reshape(-1, 1, 1)
-    data[~band_valid] = 0.0
-    return data
+    """``(data - mean) / std`` in place (or into ``out``, float32, which may then
+    be read from any view of ``data``: one pass copies and normalises), with
+    invalid band values at 0 (the band's mean), so raw nodata values never reach
+    the model."""
+    mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    if out is None:
+        out = data
+        out -= mean
+    else:
+        np.subtract(data, mean, out=out)
+    out *= (1.0 / np.asarray(std, np.float32)).reshape(-1, 1, 1)
+    out[~band_valid] = 0.0
+    return out
 
 
 class TileReader:

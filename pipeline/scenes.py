@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 from fcnrs.fcn_model import ModelMeta
 
-from .inference import Precision, resolve_precision
 from .planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, plan_tiles
+from .precision import Precision, resolve_precision
 from .reading import SceneInfo, inspect_scene, resolve_bands
 from .storage import Location, expand_url_glob, is_url
 
@@ -64,7 +64,10 @@ class SegmentSettings:
 
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
-    batch_size: int = 4
+    #: Tiles per model call; None: what the replicas' device holds
+    #: (:meth:`~fcnrs.pipeline.inference.Predictor.batch_size`). Not part of the
+    #: output's identity: it never changes a label.
+    batch_size: int | None = None
     bands: tuple[int, ...] | None = None  # None: the checkpoint's bands
     probabilities: bool = False
     precision: Precision = "auto"
@@ -72,6 +75,8 @@ class SegmentSettings:
     def __post_init__(self) -> None:
         for name, minimum in (("tile_size", 1), ("overlap", 0), ("batch_size", 1)):
             value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
             if not isinstance(value, int) or value < minimum:
                 raise ValueError(
                     f"{name} must be a whole number of at least {minimum}, not {value!r}"

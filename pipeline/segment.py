@@ -73,7 +73,8 @@ def segment_scene(
     chunks = group.chunks()
     predicted = valid_pixels = 0
     with SceneReader(scene, plan.bands) as reader:
-        for planned in plan_batches(plan.grid, settings.batch_size):
+        size = settings.batch_size or predictor.batch_size(plan.grid.max_read_shape)
+        for planned in plan_batches(plan.grid, size):
             out = predictor(reader.read_batch(planned))
             probs = out.probabilities
             for k, tile in enumerate(planned):

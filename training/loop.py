@@ -25,7 +25,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,11 @@ class EpochResult:
     stopped: bool
     seconds: float = 0.0
     windows: int = 0
+    #: The window producers: how many threads, their busy seconds, and the
+    #: seconds the steps waited for a batch.
+    producers: int = 1
+    made_seconds: float = 0.0
+    waited_seconds: float = 0.0
 
     @property
     def loss(self) -> float:
@@ -354,6 +359,13 @@ def epoch_metrics(
         "train_seconds": result.seconds,
         "steps_per_s": len(result.losses) / result.seconds if result.seconds else 0.0,
         "windows_per_s": result.windows / result.seconds if result.seconds else 0.0,
+        # What the producers could make with all their threads busy, against
+        # what the model took: a GPU starved of windows shows as a wait share.
+        "producers": result.producers,
+        "producer_windows_per_s": (
+            result.windows * result.producers / result.made_seconds if result.made_seconds else 0.0
+        ),
+        "input_wait_share": result.waited_seconds / result.seconds if result.seconds else 0.0,
         "time_limit_reached": result.stopped,
         "threads": torch.get_num_threads(),
         "resumed_from_epoch": resumed_from,
@@ -505,7 +517,8 @@ def train_epochs(
         for epoch in range(first, s.epochs):
             sampler.set_epoch(epoch)
             pace.reserve = shutdown_s + 1.5 * last_val_seconds(progress) * (worker.rank == 0)
-            with Prefetcher(sampler, s.steps_per_epoch) as batches:
+            producers = max(1, torch.get_num_threads())  # the worker's CPUs
+            with Prefetcher(sampler, s.steps_per_epoch, producers=producers) as batches:
                 result = run_epoch(
                     worker.model,
                     worker.optimizer,
@@ -514,6 +527,12 @@ def train_epochs(
                     pace=pace,
                     device=worker.device,
                 )
+            result = replace(
+                result,
+                producers=batches.producers,
+                made_seconds=batches.made_seconds,
+                waited_seconds=batches.waited_seconds,
+            )
             ranks = gather_ranks(result, worker.device)
             # The checkpoint's epoch on the first epoch after a restart, else -1.
             resumed = resumed_from if epoch == first else -1
@@ -589,11 +608,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def _log_report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
     log.info(
-        "epoch %d: %d steps, loss %.4f, val mean IoU %.4f",
+        "epoch %d: %d steps, loss %.4f, val mean IoU %.4f; windows/s: model %.1f, "
+        "%d producers could make %.1f (waited %.0f%% of the time)",
         metrics["epoch"],
         metrics["steps"],
         metrics["loss"],
         metrics.get("val_mean_iou", float("nan")),
+        metrics["windows_per_s"],
+        metrics["producers"],
+        metrics["producer_windows_per_s"],
+        100 * metrics["input_wait_share"],
     )
 
 

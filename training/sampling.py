@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import NamedTuple
 
@@ -198,12 +200,12 @@ class MemoryScene:
         return shape[0] * shape[1] * (bands * 5 + 2)
 
     def read(self, window: Window) -> LabeledWindow:
+        """Views of the window (int16 targets): :meth:`WindowSampler.make` copies
+        them, on a producer thread."""
         rows = slice(window.row, window.row + window.height)
         cols = slice(window.col, window.col + window.width)
         return LabeledWindow(
-            self.raw[:, rows, cols].copy(),
-            self.band_valid[:, rows, cols],
-            self.target[rows, cols].astype(np.int64),
+            self.raw[:, rows, cols], self.band_valid[:, rows, cols], self.target[rows, cols]
         )
 
     def close(self) -> None:
@@ -273,30 +275,54 @@ def class_weights(counts: np.ndarray, power: float) -> tuple[float, ...]:
 
 
 class Prefetcher:
-    """Batches from a sampler made on a background thread, ``depth`` ahead, so
-    reading and augmenting overlap the training step.
+    """Batches from a sampler, made ahead of the training step by ``producers``
+    threads, ``depth`` batches ahead.
+
+    One thread plans the batches in order (:meth:`WindowSampler.plan`: which
+    windows, which flips, turns and gains; the random streams are only ever used
+    there, in the sampler's order), and ``producers`` threads make them
+    (:meth:`WindowSampler.make`: reading from files, brightening, normalising,
+    augmenting, which release the GIL for most of their time), so the batches
+    are exactly the sampler's own, in order, however many threads make them.
 
     Iterating yields exactly ``steps`` batches; :meth:`close` (or leaving the
-    ``with`` block) stops the thread early. The sampler is used by the thread
-    only, so its random streams, and so the batches, are the same as without it.
+    ``with`` block) stops the threads early. :attr:`made_seconds` is the time the
+    producers spent making batches, so windows per producer-second can be
+    compared with the rate the model consumes them.
     """
 
-    def __init__(self, sampler: WindowSampler, steps: int, depth: int = 2) -> None:
+    def __init__(
+        self, sampler: WindowSampler, steps: int, depth: int = 2, producers: int = 1
+    ) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._steps = steps
+        self._pool = ThreadPoolExecutor(max(producers, 1), thread_name_prefix="window-make")
+        self.producers = max(producers, 1)
+        self.made_seconds = 0.0
+        self.waited_seconds = 0.0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(
-            target=self._produce, args=(sampler,), name="window-prefetch", daemon=True
+            target=self._plan, args=(sampler,), name="window-plan", daemon=True
         )
         self._thread.start()
 
-    def _produce(self, sampler: WindowSampler) -> None:
+    def _plan(self, sampler: WindowSampler) -> None:
         try:
             for _ in range(self._steps):
-                if not self._put(sampler.batch()):
+                recipes = sampler.plan(sampler.s.batch_size)
+                jobs = [self._pool.submit(self._make, sampler, r) for r in recipes]
+                if not self._put(jobs):
                     return
         except BaseException as exc:  # handed to the training thread
             self._put(exc)
+
+    def _make(self, sampler: WindowSampler, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+        start = time.perf_counter()
+        made = sampler.make(recipe)
+        with self._lock:
+            self.made_seconds += time.perf_counter() - start
+        return made
 
     def _put(self, item: object) -> bool:
         """Queue ``item`` unless stopped first; False when stopped."""
@@ -310,20 +336,42 @@ class Prefetcher:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(self._steps):
+            start = time.perf_counter()
             item = self._queue.get()
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            windows = [job.result() for job in item]
+            self.waited_seconds += time.perf_counter() - start
+            yield stack(windows)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Prefetcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stack(windows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows as one batch: images (b, bands, n, n), targets (b, n, n)."""
+    return (
+        torch.from_numpy(np.stack([i for i, _ in windows])),
+        torch.from_numpy(np.stack([t for _, t in windows])),
+    )
+
+
+class Recipe(NamedTuple):
+    """One training window as planned: what was read, and the random choices
+    that make it (so any thread can make it, with the same result)."""
+
+    item: LabeledWindow
+    gain: np.ndarray | None  # per band, or None without brightness augmentation
+    flips: tuple[bool, bool]
+    turns: int
 
 
 class WindowSampler:
@@ -387,10 +435,10 @@ class WindowSampler:
             r = int(self.rng.integers(0, max(h - self.size, 0) + 1))
             c = int(self.rng.integers(0, max(w - self.size, 0) + 1))
             item = self.sources[k].read(Window(r, c, self.size, self.size))
-            labels = item.target[item.target != IGNORE_INDEX]
-            if labels.size == 0:
+            labels = item.target.ravel()
+            present = np.bincount(labels[labels >= 0], minlength=len(self.s.classes))
+            if not present.any():
                 continue
-            present = np.bincount(labels, minlength=len(self.s.classes))
             rare = self.counts < self.counts.mean()
             if self.s.rare_class_oversampling and rare.any() and not present[rare].any():
                 if self.rng.random() < self.s.rare_class_oversampling:
@@ -399,41 +447,49 @@ class WindowSampler:
             break
         return item
 
-    def brighten(self, raw: np.ndarray) -> np.ndarray:
-        """Scale raw bands by one random gain per window in ``[1 - b, 1 + b]``, times
-        a smaller one per band (sigma ``b / 6``): illumination, haze and turbidity
-        scale reflectance, before any normalisation."""
-        b = self.s.brightness
-        gain = 1 + b * self.gain_rng.uniform(-1, 1)
-        gain = gain * (1 + b / 6 * self.gain_rng.standard_normal(raw.shape[0]))
-        return raw * gain.astype(np.float32)[:, None, None]
+    def plan(self, count: int) -> list[Recipe]:
+        """The next ``count`` windows: drawn (:meth:`draw`) and their random gains
+        (brightness: one per window in ``[1 - b, 1 + b]``, times a smaller one per
+        band, sigma ``b / 6``, as illumination, haze and turbidity scale
+        reflectance), flips and quarter turns chosen. The sampler's random
+        streams are used here only, in this order."""
+        recipes = []
+        for _ in range(count):
+            item = self.draw()
+            gain = None
+            if self.s.brightness:
+                b = self.s.brightness
+                gain = 1 + b * self.gain_rng.uniform(-1, 1)
+                gain = gain * (1 + b / 6 * self.gain_rng.standard_normal(item.raw.shape[0]))
+            flips = self.rng.integers(0, 2, 2)
+            turns = int(self.rng.integers(0, 4))
+            recipes.append(Recipe(item, gain, (bool(flips[0]), bool(flips[1])), turns))
+        return recipes
 
-    def augment(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The same random flips and quarter turns applied to image and targets."""
-        flips = self.rng.integers(0, 2, 2)
-        turns = int(self.rng.integers(0, 4))
-        if flips[0]:
-            image, target = image[:, ::-1], target[::-1]
-        if flips[1]:
-            image, target = image[:, :, ::-1], target[:, ::-1]
-        image, target = np.rot90(image, turns, axes=(1, 2)), np.rot90(target, turns)
-        return np.ascontiguousarray(image), np.ascontiguousarray(target)
+    def make(self, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+        """One planned window, normalised and augmented: float32 (bands, n, n)
+        and int64 (n, n). Any thread may call it.
 
-    def window(self) -> tuple[np.ndarray, np.ndarray]:
-        """One normalised, augmented window: float32 (bands, n, n) and int64 (n, n)."""
-        raw, band_valid, target = self.draw()
-        if self.s.brightness:
-            raw = self.brighten(raw)
-        image = normalize(raw, band_valid, self.mean, self.std)
-        return self.augment(image, target)
+        The flips and turns are views; the first arithmetic writes the
+        contiguous result, so the window is copied once, not once per step.
+        """
+        raw, band_valid, target = recipe.item
+        views = [raw, band_valid, target]
+        for axis, flipped in zip((-2, -1), recipe.flips, strict=True):
+            if flipped:
+                views = [np.flip(v, axis) for v in views]
+        raw, band_valid, target = (np.rot90(v, recipe.turns, axes=(-2, -1)) for v in views)
+        image = np.empty(raw.shape, np.float32)
+        if recipe.gain is not None:
+            np.multiply(raw, recipe.gain.astype(np.float32)[:, None, None], out=image)
+            normalize(image, band_valid, self.mean, self.std)
+        else:
+            normalize(raw, band_valid, self.mean, self.std, out=image)
+        return image, target.astype(np.int64, order="C")
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` windows stacked: images (b, bands, n, n), targets (b, n, n)."""
-        items = [self.window() for _ in range(self.s.batch_size)]
-        return (
-            torch.from_numpy(np.stack([i for i, _ in items])),
-            torch.from_numpy(np.stack([t for _, t in items])),
-        )
+        return stack([self.make(r) for r in self.plan(self.s.batch_size)])
 
     def close(self) -> None:
         for source in self.sources:

@@ -38,7 +38,6 @@ from fcnrs.fcn_model import ModelMeta, checkpoint_digest, read_meta
 
 from ..batches import BatchRequest, WriteSummary
 from ..errors import Interrupted, OutputError, SceneError
-from ..inference import default_device
 from ..manifest import (
     ManifestRow,
     ManifestWriter,
@@ -51,6 +50,7 @@ from ..manifest import (
     skipped_row,
 )
 from ..planning import Tile, plan_batches
+from ..precision import default_device
 from ..scenes import ScenePlan, SegmentSettings, plan_scene
 from ..storage import Location, local_copy
 from ..writing import StagingGroup, staging_group
@@ -90,8 +90,9 @@ class SceneJob:
     scene: str
     plan: ScenePlan
     group: StagingGroup
-    batches: list[tuple[Tile, ...]]  # those still to run, in order
+    done: set[tuple[int, int]]  # tiles an interrupted run left on disk
     pending: set[tuple[int, int]]  # tiles not yet written by this run
+    batches: list[tuple[Tile, ...]] = field(default_factory=list)  # still to run, in order
     valid_pixels: int = 0  # of the tiles written so far, resumed ones included
     predicted: int = 0
     failed: str = ""
@@ -184,6 +185,7 @@ def run_scenes(
         if any(not job.closed for job in jobs):
             runner = _engine(run, engine, device, replicas, threads)
             try:
+                _schedule(run, [job for job in jobs if not job.closed], runner)
                 _drive(run, jobs, runner, progress, retries, replica_batches)
             finally:
                 runner.close()
@@ -276,20 +278,33 @@ def _prepare_scene(
         run.record(row)
         return None
     done = group.resume_or_create()
-    batches = plan_batches(plan.grid, run.settings.batch_size)
-    due = [batch for batch in batches if not all(t.index in done for t in batch)]
-    pending = {t.index for batch in due for t in batch}
-    job = SceneJob(scene, plan, group, due, pending, started=t0, started_at=started_at)
-    if done:
-        resumed = [t for t in plan.grid if t.index not in pending]
-        job.valid_pixels = group.chunks().count_valid(t.core for t in resumed)
-        log.info(
-            "%s: resuming, %d of %d batches already on disk",
-            scene,
-            len(batches) - len(due),
-            len(batches),
-        )
-    return job
+    pending = {t.index for t in plan.grid} - done
+    return SceneJob(scene, plan, group, done, pending, started=t0, started_at=started_at)
+
+
+def _schedule(run: _Run, jobs: Sequence[SceneJob], engine: LocalEngine | RayEngine) -> None:
+    """Cut each open scene into the batches still due, at the batch size the
+    settings give or, by default, the one the replicas' device holds."""
+    size = run.settings.batch_size
+    if size is None:
+        window = max((job.plan.grid.max_read_shape for job in jobs), key=lambda s: s[0] * s[1])
+        while size is None:  # on Ray, once a replica runs
+            _check_stop()
+            size = engine.batch_size(window)
+        log.info("batch size %d (windows of %d x %d)", size, *window)
+    for job in jobs:
+        batches = plan_batches(job.plan.grid, size)
+        job.batches = [b for b in batches if not all(t.index in job.done for t in b)]
+        job.pending = {t.index for batch in job.batches for t in batch}
+        if job.done:
+            resumed = [t for t in job.plan.grid if t.index not in job.pending]
+            job.valid_pixels = job.group.chunks().count_valid(t.core for t in resumed)
+            log.info(
+                "%s: resuming, %d of %d batches already on disk",
+                job.scene,
+                len(batches) - len(job.batches),
+                len(batches),
+            )
 
 
 def _start_ray() -> None:

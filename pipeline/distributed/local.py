@@ -71,6 +71,7 @@ class LocalEngine:
         readers = readers or cpus
         writers = writers or min(WRITE_THREADS, cpus)
         self.depth = depth or default_depth(readers)
+        self.predict = predict
         self.pools = [
             ThreadPoolExecutor(readers, "fcnrs-read"),
             ThreadPoolExecutor(1, "fcnrs-predict"),
@@ -86,6 +87,10 @@ class LocalEngine:
 
     def room(self) -> int:
         return self.depth - self.in_flight
+
+    def batch_size(self, window: tuple[int, int]) -> int:
+        """Tiles per batch for windows of this shape on this process's device."""
+        return self.predict.batch_size(window)
 
     def submit(self, item: WorkItem, request: BatchRequest) -> None:
         self.in_flight += 1

@@ -3,8 +3,12 @@
 Each work item goes to the cluster as a chain of three: a read task, a call of
 one replica (``PredictStage.predict``), a write task. Ray starts a call once its
 read is done and a write once its call is, so reads, the model and writes
-overlap; at most :data:`DEPTH` items per replica are in flight, which keeps every
-replica fed while memory stays bounded (the driver holds back the rest).
+overlap. Each replica has a bounded number of items in flight, which keeps it
+fed while memory stays bounded (the driver holds back the rest): it starts at
+:data:`DEPTH` and grows, up to :data:`MAX_DEPTH`, while the replica is found
+idle for more than a tenth of its time with all its items in flight, so a
+replica stays busy whatever the latency of the reads and writes around it
+(remote storage, a busy node, a fast GPU).
 
 Faults come back to the driver as :class:`~.retries.Failure` values, never as
 exceptions:
@@ -25,17 +29,28 @@ exceptions:
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..batches import BatchRequest
+from ..inference import CPU_BATCH
 from .replicas import IO_TASK_CPUS, ReplicaPlan
 from .retries import Failure, WorkItem
 from .stages import PredictStage, read_stage, write_stage
 
-#: Items in flight per replica: one being read, one in the model, one being written.
+#: Items in flight per replica at first: one being read, one in the model, one
+#: being written.
 DEPTH = 3
+#: The most items in flight per replica, whatever the latency: its memory bound.
+MAX_DEPTH = 12
+#: A replica busy less than this share of its recent time, with all its items in
+#: flight, gets one more.
+BUSY_TARGET = 0.9
+log = logging.getLogger(__name__)
+
 #: Consecutive replica start failures, with none running, that end the run.
 START_FAILURES = 3
 #: Seconds with no replica running (all lost, replacements not placed) that end the run.
@@ -48,6 +63,24 @@ class _Replica:
     items: dict[int, WorkItem] = field(default_factory=dict)  # in flight, by submission
     dead: bool = False
     lost: list[tuple[int, WorkItem, Failure]] = field(default_factory=list)
+    depth: int = DEPTH
+    starved: bool = False  # had fewer items in flight than its depth since the last check
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=8))
+
+    def finished(self, seconds: float) -> None:
+        """An item came back after ``seconds`` of model time: if the replica was
+        idle for more than a tenth of its recent time although the driver kept
+        all its slots full, the reads and writes around it are too slow to
+        cover with this many items; give it one more."""
+        self.recent.append((time.monotonic(), seconds))
+        if len(self.recent) < self.recent.maxlen:
+            return
+        span = self.recent[-1][0] - self.recent[0][0]
+        busy = sum(s for _, s in list(self.recent)[1:])
+        if span > 0 and busy < BUSY_TARGET * span and not self.starved:
+            self.depth = min(self.depth + 1, MAX_DEPTH)
+        self.recent.clear()
+        self.starved = False
 
 
 def classify(exc: BaseException) -> tuple[Failure, bool]:
@@ -115,10 +148,28 @@ class RayEngine:
         return [r for r in self.replicas if not r.dead]
 
     def room(self) -> int:
-        return sum(self.depth - len(r.items) for r in self._live())
+        return sum(r.depth - len(r.items) for r in self._live())
+
+    def batch_size(self, window: tuple[int, int]) -> int | None:
+        """Tiles per batch for windows of this shape, as the first replica to
+        start measures on its device; None while no replica runs yet."""
+        self.poll(0.5)
+        live = self._live()
+        if self.broken:
+            return CPU_BATCH  # the driver fails the scenes with the engine's reason
+        if not live:
+            return None
+        try:
+            return int(self.ray.get(live[0].actor.batch_size.remote(window)))
+        except Exception as exc:  # it died meanwhile: the next one will answer
+            failure, _ = classify(exc)
+            self._lose(live[0])
+            self.replicas.remove(live[0])
+            log.warning("a replica died while sizing batches (%s)", failure.reason)
+            return None
 
     def submit(self, item: WorkItem, request: BatchRequest) -> None:
-        replica = min(self._live(), key=lambda r: len(r.items))
+        replica = min(self._live(), key=lambda r: len(r.items) - r.depth)
         self.seq += 1
         labels = replica.actor.predict.remote(self.read.remote(request))
         ref = self.write.remote(request, labels)
@@ -142,7 +193,9 @@ class RayEngine:
             seq, item, replica = self.flight.pop(ref)
             del replica.items[seq]
             try:
-                out.append((item, ray.get(ref)))
+                summary = ray.get(ref)
+                replica.finished(summary.replica_seconds)
+                out.append((item, summary))
             except Exception as exc:
                 failure, lost = classify(exc)
                 if lost:
@@ -152,6 +205,8 @@ class RayEngine:
                     out.append((item, failure))
         for replica in [r for r in self.replicas if r.dead and not r.items]:
             out.extend(self._judge(replica))
+        for replica in self._live():
+            replica.starved |= len(replica.items) < replica.depth - 1
         if not self._live() and time.monotonic() - self.idle_since > self.start_timeout:
             self.broken = f"no model replica was running for {self.start_timeout:.0f} s"
         return out

@@ -27,14 +27,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..batches import BatchRequest, LabelBatch, PixelBatch, WriteSummary
-from ..inference import Predictor, Prepared
 from ..reading import SceneReader
 from ..storage import Location
 from ..writing import ChunkWriter, staging_path
 from .retries import guarded
+
+if TYPE_CHECKING:  # torch is imported by the replicas only, never by read and write tasks
+    from ..inference import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,8 @@ class PredictStage:
         self, model: str, *, device: str, precision: str, probabilities: bool, threads: int
     ) -> None:
         import torch
+
+        from ..inference import Predictor
 
         torch.set_num_threads(threads)
         if device == "cuda":

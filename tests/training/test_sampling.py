@@ -259,22 +259,29 @@ def test_prefetched_batches_are_the_samplers_in_order_and_errors_reach_the_loop(
     s = sampler_settings(scenes, batch_size=2, mean=(1000.0,) * 4, std=(800.0,) * 4)
     with WindowSampler(s, rank=0) as sampler:
         direct = [sampler.batch() for _ in range(5)]
-    with WindowSampler(s, rank=0) as sampler:
-        with sampling.Prefetcher(sampler, 5, depth=2) as batches:
-            fetched = list(batches)
-        # Closed after two of five: the thread stops, nothing hangs.
-        with sampling.Prefetcher(sampler, 5, depth=2) as batches:
-            next(iter(batches))
-        assert not batches._thread.is_alive()
-    assert len(fetched) == 5
-    for (x0, y0), (x1, y1) in zip(direct, fetched, strict=True):
-        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    fetched = {}
+    for producers in (1, 3):  # however many threads make them: the same batches
+        with WindowSampler(s, rank=0) as sampler:
+            with sampling.Prefetcher(sampler, 5, depth=2, producers=producers) as batches:
+                fetched[producers] = list(batches)
+            assert batches.made_seconds > 0
+            # Closed after two of five: the threads stop, nothing hangs.
+            with sampling.Prefetcher(sampler, 5, depth=2, producers=producers) as batches:
+                next(iter(batches))
+            assert not batches._thread.is_alive()
+    for got in fetched.values():
+        assert len(got) == 5
+        for (x0, y0), (x1, y1) in zip(direct, got, strict=True):
+            assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
     class Broken:
-        def batch(self):
+        def __init__(self, settings):
+            self.s = settings
+
+        def plan(self, count):
             raise OSError("disk gone")
 
-    with pytest.raises(OSError, match="disk gone"), sampling.Prefetcher(Broken(), 3) as batches:
+    with pytest.raises(OSError, match="disk gone"), sampling.Prefetcher(Broken(s), 3) as batches:
         list(batches)
 
 

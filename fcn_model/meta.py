@@ -1,0 +1,111 @@
+"""What a model is, without its weights and without torch: the network's stride
+and variants, and the metadata a checkpoint carries.
+
+Everything here imports in milliseconds, so the processes that only read scenes
+and write label rasters (Ray's read and write tasks) never load torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .network import FCN
+
+#: The variants by name: ``fcnNs`` has output stride N before its last upsampling.
+Variant = Literal["fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s"]
+
+#: The network's coarsest stride: tile origins must sit on multiples of it.
+STRIDE = 32
+
+FORMAT_NAME = "fcn-remote-sensing-checkpoint"
+FORMAT_VERSION = 1
+
+# Distinct colours for classes that come without one (QGIS-friendly, colour-blind aware first).
+_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+
+
+def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """A colour per class: a fixed palette, then deterministic pseudo-random colours."""
+    colors = list(_PALETTE[:num_classes])
+    for i in range(len(colors), num_classes):
+        digest = hashlib.sha256(f"class-{i}".encode()).digest()
+        colors.append((digest[0], digest[1], digest[2]))
+    return tuple(colors)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a checkpoint says about its model, besides the weights.
+
+    ``bands`` are 1-based source band indexes (GDAL's convention), in the order
+    the network sees them; ``mean`` and ``std`` normalise those bands in that order.
+    """
+
+    variant: str
+    width: float
+    bands: tuple[int, ...]
+    classes: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skip_scaling: bool = False
+    learnable_upsampling: bool = False
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.bands)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        raw = json.loads(text)
+        return cls(
+            variant=str(raw["variant"]),
+            width=float(raw["width"]),
+            bands=tuple(int(b) for b in raw["bands"]),
+            classes=tuple(str(c) for c in raw["classes"]),
+            colors=tuple((int(r), int(g), int(b)) for r, g, b in raw["colors"]),
+            mean=tuple(float(v) for v in raw["mean"]),
+            std=tuple(float(v) for v in raw["std"]),
+            skip_scaling=bool(raw.get("skip_scaling", False)),
+            learnable_upsampling=bool(raw.get("learnable_upsampling", False)),
+            provenance=dict(raw.get("provenance", {})),
+            format_version=int(raw.get("format_version", FORMAT_VERSION)),
+        )
+
+    def build(self) -> FCN:
+        """A freshly initialised model with this architecture."""
+        from .network import build_model
+
+        return build_model(
+            self.variant,  # type: ignore[arg-type]
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            width=self.width,
+            skip_scaling=self.skip_scaling,
+            learnable_upsampling=self.learnable_upsampling,
+        )
