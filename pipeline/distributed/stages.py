@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -156,6 +157,7 @@ class PredictStage:
         out = {k: row[k] for k in ("output", "tiles", "keep", "probabilities")}
         out["replica"] = self.replica
         n = len(row["keep"])
+        started = time.perf_counter()
         if n:
             result = self.predictor(
                 {"image": row["image"], "valid": row["valid"], "core": row["core"]}
@@ -165,6 +167,7 @@ class PredictStage:
         else:
             out["labels"] = np.zeros((0, 1, 1), np.uint8)
             out["probs"] = np.zeros((0, 0, 1, 1), np.uint8)
+        out["seconds"] = time.perf_counter() - started  # the replica's busy time
         return out
 
     predict = __call__  # the name a Ray actor method is called by
@@ -181,6 +184,7 @@ def write_stage(row: dict[str, Any]) -> dict[str, Any]:
     and report how many tiles were predicted and how many pixels are valid."""
     summary = {
         "replica": row["replica"],
+        "seconds": float(row.get("seconds", 0.0)),
         "tiles": len(row["tiles"]),
         "predicted": len(row["keep"]),
         "valid_pixels": 0,
