@@ -150,6 +150,8 @@ class NightReport:
     map: NightMap
     #: Label -> href of the night's layers (mosaic, polygons, catalogue).
     layers: dict[str, str] = field(default_factory=dict)
+    #: Why there are no areas, when there are none.
+    areas_note: str = ""
 
     @property
     def counts(self) -> Counter[str]:
@@ -371,7 +373,8 @@ def build_map(
     tonight = {s.name: s.status for s in scenes}
     rings: list[tuple[str, MapStatus, np.ndarray, str]] = []
     missing: list[tuple[str, str]] = []
-    crss = [CRS.from_wkt(o.crs_wkt) for o in in_precedence(outputs, name=lambda o: o.name)]
+    ordered = in_precedence(outputs, name=lambda o: o.name)
+    crss = [CRS.from_wkt(o.crs_wkt) for o in ordered if o.crs_wkt]
     if crs is None and crss:
         crs = night_crs(crss)
     for o in outputs:
@@ -476,7 +479,12 @@ def gather_report(
             )
         )
     model, settings = _model_and_settings(record, tonight, outputs)
-    areas = night_areas(locations, num_workers=num_workers) if locations else None
+    areas, areas_note = None, "no published label rasters, so no areas"
+    if locations:
+        try:
+            areas = night_areas(locations, num_workers=num_workers)
+        except (PipelineError, ValueError) as exc:  # no CRS, or two class lists
+            areas_note = f"no areas: {exc}"
     classes = outputs[0].classes if outputs else (record.classes if record else ())
     colors = outputs[0].colors if outputs else ()
     if record is not None:
@@ -497,6 +505,7 @@ def gather_report(
         history=tuple(history(rows, records)),
         map=build_map(out, outputs, lines, size=map_size, note=map_note),
         layers=night_layers(out),
+        areas_note=areas_note,
     )
 
 
@@ -514,19 +523,11 @@ def _num(value: float | int | None, fmt: str, *, cls: str = "num") -> str:
     return f'<td class="{cls}" data-value="{value!r}">{format(value, fmt)}</td>'
 
 
-def _table(
-    headers: Sequence[str],
-    rows: Iterable[str],
-    *,
-    id: str,
-    caption: str = "",
-    sortable: bool = True,
-) -> str:
+def _table(headers: Sequence[str], rows: Iterable[str], *, id: str) -> str:
+    """A table the page's script sorts by a click on a header."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "\n".join(rows)
-    cap = f"<caption>{caption}</caption>" if caption else ""
-    sort = ' class="sortable"' if sortable else ""
-    return f'<table id="{id}"{sort}>{cap}<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
+    return f'<table id="{id}" class="sortable"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
 
 
 def _links(links: Mapping[str, str]) -> str:
@@ -625,7 +626,7 @@ def render_model(report: NightReport) -> str:
 def render_areas(report: NightReport) -> str:
     areas = report.areas
     if areas is None:
-        return '<p class="note">No published label rasters, so no areas.</p>'
+        return f'<p class="note" id="areas-note">{_e(report.areas_note)}.</p>'
     classes = list(areas.night.class_name)
     km2 = areas.scenes.pivot(index="scene", columns="class_name", values="area_km2")
     shares = areas.shares.pivot(index="scene", columns="class_name", values="area_km2")

@@ -239,7 +239,32 @@ def test_a_night_where_everything_failed_still_gets_a_page(make_checkpoint, tmp_
     assert fcnrs([*argv, "--out", str(out), *FLAGS, "--report"]) == 1
     page = (out / "report.html").read_text()
     assert 'id="failures"' in page and "not a readable GTiff raster" in page
-    assert "No published label rasters, so no areas." in page
+    assert "no published label rasters, so no areas." in page
+
+
+def test_a_run_from_before_run_records_in_a_folder_of_two_models(
+    make_scene, make_checkpoint, make_labels, tmp_path
+):
+    """A run from before run records were kept: its model and settings come from
+    the output it made, and the page says it has no replica record. A raster of
+    another class list in the same folder leaves the page without areas, saying
+    why, rather than without a page."""
+    out = tmp_path / "out"
+    argv = ["segment", "--model", str(make_checkpoint()), "--scenes"]
+    assert fcnrs([*argv, str(scene(make_scene, "a", 1)), "--out", str(out), *FLAGS]) == 0
+    for record in (out / "manifest" / "_runs").iterdir():
+        record.unlink()
+    other = ("land", "sea", "ice", "rock")
+    make_labels(np.zeros((64, 64), np.uint8), name="z.zarr", out_dir=out, classes=other)
+    assert fcnrs(["report", str(out), "--no-mosaic"]) == 0
+    page = (out / "report.html").read_text()
+    (row,) = read_manifest(out).to_pylist()
+    assert f'data-key="digest">{row["model_digest"]}<' in page
+    assert f'data-key="settings digest">{row["settings_digest"]}<' in page
+    assert 'data-key="tile_size">128<' in page and 'data-key="variant">fcn8s<' in page
+    assert "this run has no record (runs from before records were kept)" in page
+    assert "no areas: " in page and "z.zarr: classes [&#x27;land&#x27;" in page
+    assert "no mosaic yet" in page
 
 
 def test_fcnrs_report_says_why_there_is_nothing_to_report(tmp_path, capsys):
