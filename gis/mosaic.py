@@ -27,7 +27,8 @@ the fly (``Resampling`` nearest). Both paths give the same pixels up to GDAL's
 approximate transformer (an eighth of a pixel).
 
 Where scenes overlap, the later name wins in both (the VRT's source order, the
-GTI's ``SortField``). Every path in these files is relative, so the output
+GTI's ``SortField``): the night's precedence rule, :func:`fcnrs.gis.night.in_precedence`,
+which whole-night areas and polygons follow too. Every path in these files is relative, so the output
 folder can be moved or copied whole. Local folders only.
 """
 
@@ -60,6 +61,7 @@ from fcnrs.pipeline.reading import open_raster
 
 from .cog import attribute_table_xml, category_names_xml, colormap, export_cog, write_png
 from .geopackage import write_polygons
+from .night import in_precedence, night_crs
 from .rasters import find_outputs, footprint, open_label_raster
 
 log = logging.getLogger(__name__)
@@ -135,15 +137,9 @@ def read_tile(name: str, cog: Path) -> Tile:
 
 
 def choose_crs(tiles: Sequence[Tile]) -> CRS:
-    """The CRS most tiles share; ties go to the first tile's (name order)."""
-    groups: list[list[Tile]] = []
-    for tile in tiles:
-        group = next((g for g in groups if g[0].crs == tile.crs), None)
-        if group is None:
-            groups.append([tile])
-        else:
-            group.append(tile)
-    return max(groups, key=len)[0].crs  # max keeps the first of equals
+    """The CRS most tiles share; ties go to the first tile's (the night's rule,
+    :func:`~fcnrs.gis.night.night_crs`)."""
+    return night_crs([t.crs for t in tiles])
 
 
 def bounds_in(tile: Tile, crs: CRS) -> tuple[float, float, float, float]:
@@ -348,7 +344,8 @@ def build_mosaic(
         the CRS most scenes share.
     """
     out = Path(out_dir)
-    outputs = find_outputs(out)
+    # Source order is the night's precedence: the last scene is drawn on top.
+    outputs = in_precedence(find_outputs(out))
     if not outputs:
         raise OutputError(f"{out}: no published label rasters (*.zarr) to mosaic.")
     cog_dir = Path(cogs) if cogs else out / "cogs"

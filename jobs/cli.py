@@ -7,6 +7,7 @@
     fcnrs vectorize OUT/*.zarr [--format parquet|fgb|gpkg]         (jobs/vectorize.py)
     fcnrs mosaic   OUT [--cogs DIR] [--crs EPSG:n]                 (jobs/mosaic.py)
     fcnrs catalog  OUT                                             (jobs/catalog.py)
+    fcnrs report   OUT                                             (jobs/report.py)
     fcnrs demo     [--out demo_out]                                (jobs/demo.py)
 
 ``python jobs/<job>.py ...`` runs the same code with the same options; that is
@@ -18,7 +19,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import catalog, demo, export_cog, finetune, mosaic, query_areas, segment_scenes, vectorize
+from . import (
+    catalog,
+    demo,
+    export_cog,
+    finetune,
+    mosaic,
+    query_areas,
+    report,
+    segment_scenes,
+    vectorize,
+)
 from .options import add_verbosity, setup_logging
 
 SUBCOMMANDS = {
@@ -29,6 +40,7 @@ SUBCOMMANDS = {
     "vectorize": vectorize,
     "mosaic": mosaic,
     "catalog": catalog,
+    "report": report,
     "demo": demo,
 }
 

@@ -11,6 +11,11 @@ counted. CSV and Parquet carry the columns scene, output, class_id, class_name,
 pixels, area_m2, area_km2; ``output`` is the same path the run manifest
 records, so the two join on it. Results go to standard output unless
 ``--output`` is given (Parquet needs it). Exit status 2 on bad arguments.
+
+``--night``: one row per class for the whole night instead (columns class_id,
+class_name, pixels, area_m2, area_km2), where scenes overlap each ground pixel
+counted once: it belongs to the last scene by name that has a label there, the
+rule the mosaic draws by (fcnrs.gis.night).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from fcnrs.gis.areas import query_areas
+from fcnrs.gis.night import night_areas
 from fcnrs.gis.rasters import find_outputs
 from fcnrs.jobs.options import job_main
 
@@ -34,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["table", "csv", "parquet"], default="table")
     p.add_argument("--output", default=None, help="file to write (default: standard output)")
     p.add_argument("--workers", type=int, default=None, help="dask threads (default: CPUs)")
+    p.add_argument(
+        "--night",
+        action="store_true",
+        help="one row per class for the whole night, each ground pixel once where scenes "
+        "overlap (the last scene by name wins, as in the mosaic)",
+    )
     p.set_defaults(parser=p)
 
 
@@ -58,19 +70,24 @@ def run(args: argparse.Namespace) -> int:
         outputs = find_outputs(args.out_dir)
     except FileNotFoundError as exc:
         p.error(str(exc))
-    table = query_areas(
+    if args.night and not outputs:
+        p.error(f"{args.out_dir}: no published label rasters, so no night to measure")
+    query = night_areas if args.night else query_areas
+    table = query(
         outputs,
         bbox=bbox,
         bbox_crs=args.bbox_crs,
         classes=args.classes.split(",") if args.classes else None,
         num_workers=args.workers,
     )
+    if args.night:
+        table = table.night
     if args.format == "parquet":
         table.to_parquet(args.output, index=False)
     elif args.format == "csv":
         table.to_csv(args.output or sys.stdout, index=False)
     else:
-        text = table.drop(columns="output").to_string(
+        text = table.drop(columns="output", errors="ignore").to_string(
             index=False, formatters={"area_m2": "{:.1f}".format, "area_km2": "{:.4f}".format}
         )
         if args.output:

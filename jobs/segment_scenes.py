@@ -13,13 +13,20 @@ skipped; 1 when a scene failed; 2 when a flag, the model or the output folder
 is unusable (nothing was done); 130 or 143 when stopped by SIGINT or SIGTERM
 (``ray job stop``), unfinished scenes recorded as interrupted.
 
-``--vectors``: after the run, every scene done or already done also gets its
-polygons in ``OUT/vectors/<name>.parquet`` (see jobs/vectorize.py; a current
-file is kept). A scene whose polygons fail keeps its labels; the exit status is
-then 1.
+``--vectors [parquet|gpkg|fgb]``: after the run, every scene done or already
+done also gets its polygons, in ``OUT/vectors/<name>.parquet`` (the default),
+``OUT/vectors_gpkg/<name>.gpkg`` or ``OUT/vectors_fgb/<name>.fgb`` (see
+jobs/vectorize.py; a current file is kept), and the night gets one layer of
+them all, ``OUT/mosaic/polygons.<ext>``, where each ground pixel belongs to one
+scene (the mosaic's rule). A scene whose polygons fail keeps its labels; the
+exit status is then 1.
 ``--catalog`` then brings the STAC catalogue ``OUT/stac/`` up to date (``fcnrs
 catalog``, after the polygons; not after a stopped run); a catalogue that could
 not be written turns exit 0 into 1.
+``--report`` brings the mosaic up to date (before the catalogue, so that its
+Items link the COGs) and writes the night's page ``OUT/report.html`` last
+(``fcnrs report``; not after a stopped run); a page that could not be written
+turns exit 0 into 1.
 """
 
 from __future__ import annotations
@@ -31,8 +38,12 @@ import signal
 import sys
 
 from fcnrs.fcn_model import FCNModelError, read_meta
-from fcnrs.gis.vectors import vectorize
+from fcnrs.gis.night import write_night_polygons
+from fcnrs.gis.rasters import list_outputs
+from fcnrs.gis.report import refresh_mosaic
+from fcnrs.gis.vectors import FORMATS, Format, vectorize
 from fcnrs.jobs import catalog
+from fcnrs.jobs import report as night_report
 from fcnrs.jobs.options import (
     add_bands,
     at_least,
@@ -124,14 +135,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--vectors",
-        action="store_true",
-        help="after the run, write each done or skipped scene's polygons to "
-        "OUT/vectors/<name>.parquet (kept when current)",
+        nargs="?",
+        const="parquet",
+        default=None,
+        choices=sorted(FORMATS),
+        metavar="FORMAT",
+        help="after the run, write each done or skipped scene's polygons (kept when current) "
+        "and the night's layer OUT/mosaic/polygons.<ext>; FORMAT parquet (the default: "
+        "OUT/vectors/<name>.parquet), gpkg or fgb (OUT/vectors_gpkg/, OUT/vectors_fgb/: "
+        "what GDAL < 3.8, QGIS on Debian 12 included, opens)",
     )
     p.add_argument(
         "--catalog",
         action="store_true",
         help="after the run, update the STAC catalogue OUT/stac/ (as fcnrs catalog OUT)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="after the run, bring the mosaic up to date and write the night's page "
+        "OUT/report.html (as fcnrs report OUT)",
     )
 
 
@@ -170,28 +193,45 @@ def run(args: argparse.Namespace) -> int:
         return 128 + signal.SIGINT
     print_summary(report, args.out)
     code = report.exit_code()
-    if args.vectors and not report.interrupted:
-        code = code or (1 if write_polygons(report) else 0)
-    if args.catalog and not report.interrupted and not catalog.update(args.out):
-        return code or 1
+    if report.interrupted:  # stop promptly: the scheduler may not wait
+        return code
+    # Each step runs whatever came before: a failed scene must not cost the others
+    # their polygons, catalogue or page.
+    if args.vectors and write_polygons(report, args.out, fmt=args.vectors):
+        code = code or 1
+    mosaic_note = refresh_mosaic(args.out) if args.report else ""
+    if args.catalog and not catalog.update(args.out):
+        code = code or 1
+    if args.report and not night_report.update(args.out, refresh=False, note=mosaic_note):
+        code = code or 1
     return code
 
 
-def write_polygons(report: RunReport) -> int:
-    """Polygons of every scene done or skipped as done; returns how many failed
-    (logged, their label rasters untouched)."""
+def write_polygons(report: RunReport, out: str, *, fmt: Format = "parquet") -> int:
+    """Polygons of every scene done or skipped as done, then the night's layer
+    of every published scene of ``out``; returns how many failed (logged, the
+    label rasters untouched)."""
     failed = 0
     for row in report.rows:
         if row.status not in ("done", "skipped"):
             continue
         try:
-            done = vectorize(row.output)
+            done = vectorize(row.output, fmt=fmt)
         except Exception as exc:
             failed += 1
             log.error("%s: polygons failed (its labels are kept): %s", row.output, exc)
             continue
         what = "kept (current)" if done.kept else f"{done.features} polygons"
         log.info("%s: %s", done.path, what)
+    try:
+        outputs = list_outputs(out)
+        if outputs:
+            night = write_night_polygons(outputs, fmt=fmt)
+            what = "kept (current)" if night.kept else f"{night.features} polygons"
+            log.info("%s: the night's polygons, %s", night.path, what)
+    except Exception as exc:
+        failed += 1
+        log.error("%s: the night's polygons failed: %s", out, exc)
     return failed
 
 

@@ -14,8 +14,11 @@ model_digest. ``--simplify M`` simplifies outlines by M map units, keeping them
 valid; ``--min-area M2`` leaves out polygons smaller than M2 square metres.
 A file already made from the very same label raster with the same options is
 kept; ``--force`` rewrites it. A bad input fails alone and is named; the others
-are written. Prints every output path. Exit status: 0 all written or kept,
-1 some failed, 2 bad arguments.
+are written. ``--night`` also writes the night's layer of the given rasters
+(all in one output folder): ``OUT/mosaic/polygons.<ext>``, where each ground
+pixel belongs to the last scene by name that has a label there (the mosaic's
+rule), so overlapping scenes give one set of outlines. Prints every output
+path. Exit status: 0 all written or kept, 1 some failed, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import logging
 import sys
 
+from fcnrs.gis.night import write_night_polygons
 from fcnrs.gis.vectors import FORMATS, VectorSettings, vectorize
 from fcnrs.jobs.options import job_main
 
@@ -62,6 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="leave out polygons smaller than this many m^2 (default none)",
     )
     p.add_argument("--force", action="store_true", help="rewrite files even when current")
+    p.add_argument(
+        "--night",
+        action="store_true",
+        help="also write the night's layer OUT/mosaic/polygons.<ext> (overlaps once)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +87,16 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s: kept, already made from this label raster", done.path)
         else:
             log.info("%s: %d polygons", done.path, done.features)
+        print(done.path)
+    if args.night:
+        try:
+            done = write_night_polygons(
+                args.zarr, fmt=args.format, settings=settings, force=args.force
+            )
+        except Exception as exc:
+            log.error("the night's polygons failed: %s", exc)
+            return 1
+        log.info("%s: %s", done.path, "kept" if done.kept else f"{done.features} polygons")
         print(done.path)
     return 1 if failed else 0
 

@@ -14,15 +14,23 @@ A run's file is rewritten (temporary name, then rename) each time one of its
 scenes finishes, so a crash keeps the rows of finished scenes and never leaves a
 half-written file; one file per run keeps each rewrite small however long the
 folder's history grows.
+
+Beside the rows, each run that ends (done, or stopped) leaves one small JSON
+record of what is the run's rather than a scene's (:class:`RunRecord`): the
+engine, the model and every setting, and the work of each model replica
+(batches, tiles, pixels, seconds in the model). It lives in
+``<out>/manifest/_runs/run-<run id>.json``: pyarrow, pandas and DuckDB skip
+names that start with ``_``, so the folder still reads as one Parquet table.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from os import PathLike
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,6 +39,8 @@ from .scenes import ScenePlan
 from .storage import Location
 
 MANIFEST_DIR = "manifest"
+#: The runs' own records, inside the manifest folder (``_``: not a Parquet part).
+RUNS_DIR = "_runs"
 Status = Literal["done", "skipped", "failed", "interrupted"]
 
 #: What a run id may hold: it names a file in ``<out>/manifest/``, never a path.
@@ -207,3 +217,88 @@ class ManifestWriter:
         pq.write_table(table, sink, compression="zstd")
         # Whole or not at all: a temporary file renamed (umask applies), or one PUT.
         self.path.write_bytes(sink.getvalue().to_pybytes())
+
+
+@dataclass(frozen=True)
+class ReplicaWork:
+    """What one model replica did in a run."""
+
+    batches: int = 0
+    tiles: int = 0
+    #: Pixels of the tiles' cores (what was written, valid or not).
+    pixels: int = 0
+    #: Seconds spent in the model (the predict stage), not waiting.
+    seconds: float = 0.0
+
+    def plus(self, *, tiles: int, pixels: int, seconds: float) -> ReplicaWork:
+        """This work and one more batch."""
+        return ReplicaWork(
+            self.batches + 1, self.tiles + tiles, self.pixels + pixels, self.seconds + seconds
+        )
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What belongs to a run rather than to one scene: the engine, the model,
+    every setting, and each replica's work."""
+
+    run_id: str
+    started_at: str
+    finished_at: str
+    #: Wall seconds from the run's start to its end.
+    seconds: float
+    engine: str
+    device: str
+    #: The checkpoint as given (a path or URL) and its metadata.
+    model: str
+    model_digest: str
+    model_variant: str
+    classes: tuple[str, ...]
+    bands: tuple[int, ...]
+    #: Every setting (the output settings and the batch size), resolved.
+    settings: dict[str, Any]
+    settings_digest: str
+    threads_per_replica: int = 0
+    replicas: dict[str, ReplicaWork] = field(default_factory=dict)
+    #: The signal that stopped the run, if one did.
+    interrupted: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunRecord:
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in names}
+        data["classes"] = tuple(data.get("classes", ()))
+        data["bands"] = tuple(data.get("bands", ()))
+        data["replicas"] = {k: ReplicaWork(**v) for k, v in data.get("replicas", {}).items()}
+        return cls(**data)
+
+
+def run_record_path(out_dir: str | PathLike[str] | Location, run_id: str) -> Location:
+    return manifest_dir(out_dir) / RUNS_DIR / f"run-{check_run_id(run_id)}.json"
+
+
+def write_run_record(out_dir: str | PathLike[str] | Location, record: RunRecord) -> Location:
+    """Write ``<out>/manifest/_runs/run-<id>.json`` whole (rename, or one PUT)."""
+    where = run_record_path(out_dir, record.run_id)
+    where.write_bytes(record.to_json().encode("utf-8"))
+    return where
+
+
+def read_run_records(out_dir: str | PathLike[str] | Location) -> dict[str, RunRecord]:
+    """Every run record of an output folder, by run id (runs from before records
+    were kept have none; an unreadable record is left out)."""
+    where = manifest_dir(out_dir) / RUNS_DIR
+    records = {}
+    for key in sorted(where.list()):
+        if not (key.startswith("run-") and key.endswith(".json")):
+            continue
+        try:
+            record = RunRecord.from_json((where / key).read_bytes())
+        except (OSError, ValueError, TypeError):
+            continue
+        records[record.run_id] = record
+    return records

@@ -27,9 +27,9 @@ import signal
 import sys
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from os import PathLike
 from typing import Any, Literal, TextIO
@@ -41,13 +41,16 @@ from ..errors import Interrupted, OutputError, SceneError
 from ..manifest import (
     ManifestRow,
     ManifestWriter,
+    ReplicaWork,
     RunIdentity,
+    RunRecord,
     Status,
     check_run_id,
     done_row,
     failed_row,
     now,
     skipped_row,
+    write_run_record,
 )
 from ..planning import Tile, plan_batches
 from ..precision import default_device
@@ -105,8 +108,13 @@ class SceneJob:
 class RunReport:
     run_id: str
     rows: tuple[ManifestRow, ...]
-    replica_batches: dict[str, int] = field(default_factory=dict)
+    #: What each model replica did (also kept in the run's record).
+    replicas: dict[str, ReplicaWork] = field(default_factory=dict)
     interrupted: str | None = None  # the signal that stopped the run
+
+    @property
+    def replica_batches(self) -> dict[str, int]:
+        return {name: work.batches for name, work in self.replicas.items()}
 
     @property
     def failed(self) -> list[ManifestRow]:
@@ -131,6 +139,11 @@ class _Run:
     out_dir: Location
     manifest: ManifestWriter
     recorded: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.perf_counter)
+    started_at: str = field(default_factory=now)
+    engine: str = ""
+    device: str = ""
+    threads: int = 0
 
     def record(self, row: ManifestRow) -> None:
         self.recorded.add(row.scene)
@@ -175,8 +188,9 @@ def run_scenes(
     else:
         device = default_device()
     run = _start_run(model, out_dir, settings.resolved(device), run_id)
+    run.engine, run.device = engine, device
     jobs: list[SceneJob] = []
-    replica_batches: Counter[str] = Counter()
+    work: dict[str, ReplicaWork] = {}
     try:
         jobs = _prepare_scenes(run, scenes)
         for job in jobs:
@@ -186,7 +200,7 @@ def run_scenes(
             runner = _engine(run, engine, device, replicas, threads)
             try:
                 _schedule(run, [job for job in jobs if not job.closed], runner)
-                _drive(run, jobs, runner, progress, retries, replica_batches)
+                _drive(run, jobs, runner, progress, retries, work)
             finally:
                 runner.close()
     except KeyboardInterrupt as exc:
@@ -194,11 +208,39 @@ def run_scenes(
         log.error("stopped by %s: unfinished scenes are recorded as interrupted", name)
         _close_out(run, scenes, jobs, "interrupted", f"stopped by {name}; a re-run resumes it")
         _STOP.clear()
-        return RunReport(run.identity.run_id, tuple(run.manifest.rows), dict(replica_batches), name)
+        return _record(run, RunReport(run.identity.run_id, tuple(run.manifest.rows), work, name))
     except BaseException as exc:
         _close_out(run, scenes, jobs, "failed", f"the run stopped: {type(exc).__name__}: {exc}")
         raise
-    return RunReport(run.identity.run_id, tuple(run.manifest.rows), dict(replica_batches))
+    return _record(run, RunReport(run.identity.run_id, tuple(run.manifest.rows), work))
+
+
+def _record(run: _Run, report: RunReport) -> RunReport:
+    """Keep the run's own record beside its manifest rows (a failure to write it
+    is logged: the labels and rows are what matter)."""
+    record = RunRecord(
+        run_id=report.run_id,
+        started_at=run.started_at,
+        finished_at=now(),
+        seconds=time.perf_counter() - run.started,
+        engine=run.engine,
+        device=run.device,
+        model=run.model,
+        model_digest=run.identity.model_digest,
+        model_variant=run.meta.variant,
+        classes=tuple(run.meta.classes),
+        bands=tuple(run.settings.bands or run.meta.bands),
+        settings=asdict(run.settings),
+        settings_digest=run.identity.settings_digest,
+        threads_per_replica=run.threads,
+        replicas=dict(report.replicas),
+        interrupted=report.interrupted,
+    )
+    try:
+        write_run_record(run.out_dir, record)
+    except OSError as exc:
+        log.warning("%s: the run's record was not written: %s", run.out_dir, exc)
+    return report
 
 
 def _start_run(
@@ -292,6 +334,7 @@ def _schedule(run: _Run, jobs: Sequence[SceneJob], engine: LocalEngine | RayEngi
             _check_stop()
             size = engine.batch_size(window)
         log.info("batch size %d (windows of %d x %d)", size, *window)
+        run.settings = replace(run.settings, batch_size=size)  # what the record shows
     for job in jobs:
         batches = plan_batches(job.plan.grid, size)
         job.batches = [b for b in batches if not all(t.index in job.done for t in b)]
@@ -336,6 +379,7 @@ def _engine(
         cpus = available_cpus()
         plan = ReplicaPlan(1, num_gpus=0, num_cpus=cpus, threads=threads or cpus, device=device)
         runner = LocalEngine(PredictStage(**_predict_args(run, plan)))
+    run.device, run.threads = plan.device, plan.threads
     log.info(
         "%d replica(s) (%s, %s, %d thread(s) each; %s engine)",
         plan.replicas,
@@ -377,7 +421,7 @@ def _drive(
     engine: LocalEngine | RayEngine,
     progress: TextIO | None,
     retries: int,
-    replica_batches: Counter[str],
+    work: dict[str, ReplicaWork],
 ) -> None:
     """Feed the engine, account for what lands, retry or fail what fails, and
     publish each scene with its last batch."""
@@ -422,10 +466,13 @@ def _drive(
                     bar.drop(len(job.pending))
                 _finish(run, job)
                 continue
-            replica_batches[result.replica] += 1
+            pixels = sum(t.core.height * t.core.width for t in item.tiles)
+            work[result.replica] = work.get(result.replica, ReplicaWork()).plus(
+                tiles=len(item.tiles), pixels=pixels, seconds=result.replica_seconds
+            )
             _absorb(job, item, result)
             if bar:
-                bar.update(len(item.tiles), sum(t.core.height * t.core.width for t in item.tiles))
+                bar.update(len(item.tiles), pixels)
             if not job.pending:
                 _finish(run, job)
 

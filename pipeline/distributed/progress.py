@@ -57,8 +57,11 @@ def print_summary(report: RunReport, out: str, stream: TextIO | None = None) -> 
             f"{r.status:<8} {r.tiles:>6} {r.tiles_predicted:>9} {r.valid_pixels / 1e6:>9.2f} "
             f"{r.seconds:>8.1f}  {r.scene}\n"
         )
-    for replica, batches in sorted(report.replica_batches.items()):
-        w(f"replica {replica}: {batches} batches\n")
+    for replica, work in sorted(report.replicas.items()):
+        w(
+            f"replica {replica}: {work.batches} batches, {work.tiles} tiles, "
+            f"{work.seconds:.1f} s in the model\n"
+        )
     counts = Counter(r.status for r in report.rows)
     w(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
     w(f", {counts['interrupted']} interrupted\n" if counts["interrupted"] else "\n")

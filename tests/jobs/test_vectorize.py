@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
+import pyogrio
 import pytest
+import shapely
+from rasterio.transform import from_origin
 from scipy import ndimage
 
-from fcnrs.gis.rasters import open_label_raster
+from fcnrs.gis.night import night_areas
+from fcnrs.gis.rasters import find_outputs, open_label_raster
 from fcnrs.gis.vectors import SETTINGS_KEY, SOURCE_KEY
 from fcnrs.jobs import segment_scenes
 from fcnrs.jobs.cli import main as fcnrs
@@ -102,3 +108,58 @@ def test_segment_scenes_vectors_after_the_run(make_scene, make_checkpoint, tmp_p
     assert files[0].stat().st_ino == inode
     assert "s2.parquet: is a link or a folder" in capsys.readouterr().err
     assert open_label_raster(out / "s2.zarr").labels.shape == (96, 128)
+
+
+def test_segment_scenes_vectors_format_chooses_the_format_and_adds_the_nights_layer(
+    make_scene, make_checkpoint, tmp_path
+):
+    """``--vectors gpkg`` (what GDAL 3.6, without a Parquet driver, opens): one
+    GeoPackage per scene and the night's layer, where the 40-column strip the
+    two scenes share holds one set of polygons."""
+    scenes = [
+        make_scene(f"s{i}.tif", height=96, width=128, seed=i, transform=from_origin(x, 4e6, 10, 10))
+        for i, x in ((1, 500_000), (2, 500_880))
+    ]
+    out = tmp_path / "out"
+    argv = ["--model", str(make_checkpoint()), "--scenes", *map(str, scenes), "--out", str(out)]
+    argv += ["--tile-size", "64", "--overlap", "32", "--engine", "local", "--vectors", "gpkg"]
+    assert segment_scenes.main(argv) == 0
+    assert sorted(p.name for p in (out / "vectors_gpkg").iterdir()) == ["s1.gpkg", "s2.gpkg"]
+    assert not (out / "vectors").exists()
+    night = out / "mosaic" / "polygons.gpkg"
+    info = pyogrio.read_info(night)
+    assert info["crs"] == "EPSG:32633" and info["geometry_type"] == "Polygon"
+    layer = gpd.read_file(night)
+    whole = night_areas(find_outputs(out)).night
+    by_class = layer.groupby("class_id").area_m2.sum().reindex(whole.class_id, fill_value=0)
+    np.testing.assert_allclose(by_class, whole.area_m2, rtol=1e-9)
+    union = shapely.union_all(layer.geometry.values).area
+    assert layer.geometry.area.sum() == pytest.approx(union, rel=1e-12)  # no overlap
+    per_scene = pd.concat(gpd.read_file(p) for p in sorted((out / "vectors_gpkg").iterdir()))
+    assert per_scene.geometry.area.sum() > union + 30_000  # the strip, twice
+    # A format it does not know is refused (--vectors alone stays GeoParquet: above).
+    with pytest.raises(SystemExit) as exit:
+        segment_scenes.main([*argv[:-1], "shp"])
+    assert exit.value.code == 2
+
+
+def test_vectorize_night_writes_the_nights_layer_of_one_folder(make_labels, tmp_path, capsys):
+    out = tmp_path / "out"
+    a = make_labels(blobs((100, 120), 1), name="a.zarr", out_dir=out)
+    b = make_labels(
+        blobs((100, 120), 2),
+        name="b.zarr",
+        out_dir=out,
+        transform=from_origin(500_600, 4e6, 10, 10),
+    )
+    assert fcnrs(["vectorize", str(a), str(b), "--format", "fgb", "--night"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed[-1] == str(out / "mosaic" / "polygons.fgb")
+    layer = gpd.read_file(printed[-1])
+    assert set(layer.scene) == {"a", "b"} and layer.crs.to_epsg() == 32633
+    np.testing.assert_allclose(
+        layer.area_m2.sum(), night_areas([a, b]).night.area_m2.sum(), rtol=1e-9
+    )
+    elsewhere = make_labels(blobs((50, 50), 3), name="c.zarr", out_dir=tmp_path / "other")
+    assert fcnrs(["vectorize", str(a), str(elsewhere), "--night"]) == 1
+    assert "the night's label rasters must be in one output folder" in capsys.readouterr().err
