@@ -1,0 +1,133 @@
+"""Work in flight is bounded on both engines, and a Ray replica that waits for its
+reads gets more of it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fcnrs.pipeline.distributed import run_scenes, stages
+from fcnrs.pipeline.distributed.local import LocalEngine, available_cpus, default_depth
+from fcnrs.pipeline.distributed.ray_engine import DEPTH, MAX_DEPTH, RayEngine, _Replica
+from fcnrs.pipeline.scenes import SegmentSettings
+
+SETTINGS = SegmentSettings(tile_size=64, overlap=32, batch_size=1)
+
+
+class Counter:
+    """Batches between the start of their read and the end of their write."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = self.total = 0
+        self.lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.total += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+def test_the_local_engine_never_holds_more_than_its_depth(
+    make_scene, make_checkpoint, tmp_path, monkeypatch
+):
+    """Reads slower than the model: the read threads all work, batches queue for
+    the model, and still no more than the engine's depth are ever in flight."""
+    scene = make_scene(height=320, width=320)  # 25 batches of one tile
+    count = Counter()
+    read, write = stages.read_stage, stages.write_stage
+
+    def slow_read(request):
+        count.enter()
+        time.sleep(0.02)
+        return read(request)
+
+    def counted_write(request, labels):
+        try:
+            return write(request, labels)
+        finally:
+            count.leave()
+
+    monkeypatch.setattr(stages, "read_stage", slow_read)
+    monkeypatch.setattr(stages, "write_stage", counted_write)
+    report = run_scenes(
+        [scene],
+        model=make_checkpoint(),
+        out_dir=tmp_path / "out",
+        settings=SETTINGS,
+        progress=None,
+        engine="local",
+    )
+    assert report.rows[0].status == "done" and count.total == 25
+    depth = default_depth(available_cpus())
+    assert 2 <= count.peak <= depth, (count.peak, depth)
+
+
+def test_ray_keeps_each_replica_within_its_bound(
+    ray_local, make_scene, make_checkpoint, tmp_path, monkeypatch
+):
+    """Counted at the driver: items submitted and not yet back never exceed
+    :data:`MAX_DEPTH` per replica."""
+    scenes = [make_scene(f"s{i}.tif", height=256, width=320, seed=i) for i in range(3)]
+    peak, flight = [0], [0]
+    submit, poll = RayEngine.submit, RayEngine.poll
+
+    def counted_submit(self, item, request):
+        flight[0] += 1
+        peak[0] = max(peak[0], flight[0])
+        bound = sum(r.depth for r in self._live())
+        assert len(self.flight) < bound <= MAX_DEPTH * len(self._live())
+        return submit(self, item, request)
+
+    def counted_poll(self, timeout):
+        out = poll(self, timeout)
+        flight[0] -= len(out)
+        return out
+
+    monkeypatch.setattr(RayEngine, "submit", counted_submit)
+    monkeypatch.setattr(RayEngine, "poll", counted_poll)
+    report = run_scenes(
+        scenes, model=make_checkpoint(), out_dir=tmp_path / "out", settings=SETTINGS, progress=None
+    )
+    assert {r.status for r in report.rows} == {"done"}
+    assert DEPTH <= peak[0] <= MAX_DEPTH, peak[0]
+
+
+@pytest.mark.parametrize(
+    ("model_seconds", "every", "starved", "grows"),
+    [
+        (0.1, 0.5, False, True),  # idle 80% of the time with every slot full: more
+        (0.5, 0.5, False, False),  # busy all the time: enough
+        (0.1, 0.5, True, False),  # idle because the driver had nothing to send: enough
+    ],
+)
+def test_a_replica_that_waits_for_work_gets_more(monkeypatch, model_seconds, every, starved, grows):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    replica = _Replica(actor=None)
+    for _ in range(40):
+        replica.starved = replica.starved or starved
+        clock[0] += every
+        replica.finished(model_seconds)
+    assert (replica.depth > DEPTH) == grows
+    assert replica.depth <= MAX_DEPTH
+    if grows:
+        assert replica.depth == min(DEPTH + 40 // replica.recent.maxlen, MAX_DEPTH)
+
+
+def test_local_engine_threads_follow_the_cpus(make_checkpoint):
+    predict = stages.PredictStage(
+        str(make_checkpoint()), device="cpu", precision="fp32", probabilities=False, threads=1
+    )
+    engine = LocalEngine(predict)
+    try:
+        assert engine.pools[0]._max_workers == available_cpus()
+        assert engine.depth == default_depth(available_cpus()) == available_cpus() + 4
+    finally:
+        engine.close()
