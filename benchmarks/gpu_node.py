@@ -102,7 +102,7 @@ def model_alone(ckpt: Path, repeats: int) -> dict:
         predictor = Predictor(ckpt, device="cuda", precision="auto")
         n = predictor.batch_size(window)
         rng = np.random.default_rng(0)
-        image = rng.integers(1, 255, (n, 3, *window), dtype=np.uint8)
+        image = rng.integers(1, 255, (n, *window, 3), dtype=np.uint8)
         prepared = predictor.prepare(PixelBatch(image, None, (0.0, 0.0, 0.0), core))
         predictor.infer(prepared)  # warm-up (autotuning, allocations)
         torch.cuda.synchronize()

@@ -57,6 +57,7 @@ from fcnrs.pipeline.distributed import print_summary, run_scenes
 from fcnrs.pipeline.distributed.driver import Engine, RunReport
 from fcnrs.pipeline.distributed.retries import DEFAULT_RETRIES
 from fcnrs.pipeline.errors import OutputError
+from fcnrs.pipeline.memory import keep_freed_memory
 from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
 from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
 
@@ -159,6 +160,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # before any thread: every batch buffer is then reused
     settings = SegmentSettings(
         tile_size=args.tile_size,
         overlap=args.overlap,

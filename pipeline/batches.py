@@ -48,15 +48,17 @@ class PixelBatch:
     - ``valid is None``: a band value is valid unless it equals that band's
       ``nodata`` value (``None``: no such value) and, for floating-point data,
       unless it is not finite;
-    - ``valid`` of shape ``(n, 1, h, w)``: one GDAL mask for every band (an
+    - ``valid`` of shape ``(n, h, w, 1)``: one GDAL mask for every band (an
       internal or sidecar mask, an alpha band), and finite values;
-    - ``valid`` of shape ``(n, bands, h, w)``: each band's own GDAL mask, and
+    - ``valid`` of shape ``(n, h, w, bands)``: each band's own GDAL mask, and
       finite values.
 
-    A pixel is valid where any of its bands is.
+    A pixel is valid where any of its bands is. Bands are the last axis (pixels
+    interleaved): the layout of most stored imagery and of the model's
+    channels-last input, so no window is transposed between file and model.
     """
 
-    #: ``(n, bands, h, w)`` in the source's dtype, raw (not normalised).
+    #: ``(n, h, w, bands)`` in the source's dtype, raw (not normalised).
     image: np.ndarray
     #: GDAL's masks where the file has them, else None (see above).
     valid: np.ndarray | None

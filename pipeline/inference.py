@@ -84,8 +84,9 @@ class Normalizer:
         self._tables: dict[tuple[str, tuple[float | None, ...]], np.ndarray] = {}
 
     def __call__(self, batch: PixelBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, valid)``: the model's input ``(n, bands, h, w)`` (its dtype, on its
-        device) and which core pixels are valid, bool ``(n, core h, core w)``."""
+        """``(x, valid)``: the model's input ``(n, bands, h, w)``, channels-last in
+        memory (its dtype, on its device), and which core pixels are valid, bool
+        ``(n, core h, core w)``."""
         image = batch.image
         nodata = _usable(image.dtype, batch.nodata)
         if self.device.type == "cpu" and image.dtype.kind in "iu" and image.dtype.itemsize <= 2:
@@ -99,7 +100,7 @@ class Normalizer:
         r, c, h, w = batch.core
         core = (slice(None), slice(None), slice(r, r + h), slice(c, c + w))
         planes = self._band_ok(
-            self._to_device(image[core]), None if masks is None else masks[core], nodata
+            self._to_device(image)[core], None if masks is None else masks[core], nodata
         )
         if any(p is None for p in planes):  # a band with nothing invalid: every pixel
             return x, torch.ones((len(batch), h, w), dtype=torch.bool, device=self.device)
@@ -109,10 +110,12 @@ class Normalizer:
         return x, valid
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """An ``(n, h, w, c)`` array as an ``(n, c, h, w)`` tensor on the device,
+        channels-last in memory (a view: nothing is reordered)."""
         t = _tensor(array)
         if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t.permute(0, 3, 1, 2)
 
     def _table(self, dtype: np.dtype, nodata: tuple[float | None, ...]) -> np.ndarray:
         """Every stored value of ``dtype``, normalised per band and in the model's
@@ -135,13 +138,17 @@ class Normalizer:
         table = self._table(image.dtype, nodata)
         codes = _unsigned(image)
         out = np.empty(image.shape, table.dtype)
-        # Plane by plane, into contiguous memory, without bounds checks (every
-        # code is in the table): 2.3x the speed of one call per band.
+        plane = np.empty(image.shape[1:3], table.dtype)
+        # Plane by plane into contiguous memory, without bounds checks (every code
+        # is in the table), then interleaved: twice the speed of gathering
+        # straight into the interleaved array, which numpy buffers.
         for k in range(image.shape[0]):
-            for b in range(image.shape[1]):
-                np.take(table[b], codes[k, b], out=out[k, b], mode="wrap")
+            for b in range(image.shape[3]):
+                np.take(table[b], codes[k, :, :, b], out=plane, mode="wrap")
+                out[k, :, :, b] = plane
         x = torch.from_numpy(out)
-        return x.view(torch.bfloat16) if self.dtype == torch.bfloat16 else x
+        x = x.view(torch.bfloat16) if self.dtype == torch.bfloat16 else x
+        return x.permute(0, 3, 1, 2)
 
     def _computed(self, image: np.ndarray, nodata: tuple[float | None, ...]) -> torch.Tensor:
         raw = self._to_device(image)
@@ -183,6 +190,16 @@ class Prepared:
     #: Which of the batch's tiles are kept (have a valid core pixel).
     keep: np.ndarray
     core: tuple[int, int, int, int]
+
+
+def _all_rows(kept: np.ndarray, rows: np.ndarray, fill: int) -> np.ndarray:
+    """Per-tile results of the kept tiles placed among all of a batch's tiles
+    (``fill`` for the others); the array itself when every tile was kept."""
+    if rows.all():
+        return kept
+    out = np.full((len(rows), *kept.shape[1:]), fill, kept.dtype)
+    out[rows] = kept
+    return out
 
 
 def _usable(dtype: np.dtype, nodata: tuple[float | None, ...]) -> tuple[float | None, ...]:
@@ -261,22 +278,24 @@ class Predictor:
         start = time.perf_counter()
         r, c, h, w = prepared.core
         rows = prepared.keep
-        labels = np.full((len(rows), h, w), NODATA, np.uint8)
-        probs = None
-        if self.probabilities:
-            probs = np.zeros((len(rows), self.num_classes, h, w), np.uint8)
+        n, classes = len(rows), self.num_classes
         if not rows.any():
+            labels = np.full((n, h, w), NODATA, np.uint8)
+            probs = np.zeros((n, classes, h, w), np.uint8) if self.probabilities else None
             return LabelBatch(labels, probs, 0)
         valid = prepared.valid
         with torch.inference_mode():
+            # Channels-last already (a view of the interleaved pixels), unless
+            # tiles without valid pixels were dropped from the batch.
             scores = self.model(prepared.x.contiguous(memory_format=torch.channels_last))
             scores = scores[:, :, r : r + h, c : c + w]
             # argmax in the model's dtype: widening is exact, so the labels are the same.
-            best = scores.argmax(dim=1).to(torch.uint8).masked_fill_(~valid, NODATA)
-            labels[rows] = best.cpu().numpy()
-            if probs is not None:
+            best = scores.argmax(dim=1).to(torch.uint8).masked_fill_(~valid, NODATA).cpu()
+            labels = _all_rows(best.numpy(), rows, NODATA)
+            probs = None
+            if self.probabilities:
                 p = torch.softmax(scores.float(), dim=1).mul_(255).round_().to(torch.uint8)
-                probs[rows] = p.mul_(valid[:, None]).cpu().numpy()
+                probs = _all_rows(p.mul_(valid[:, None]).cpu().numpy(), rows, 0)
         return LabelBatch(labels, probs, int(rows.sum()), seconds=time.perf_counter() - start)
 
     def batch_size(self, window: tuple[int, int]) -> int:

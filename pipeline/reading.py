@@ -379,6 +379,10 @@ class SceneReader:
     """Reads batches of tile windows of one scene as stored (:class:`PixelBatch`),
     from any number of threads: one GDAL handle per thread, decoded pieces shared.
 
+    Pixels are kept interleaved, ``(h, w, bands)``: how most imagery is stored
+    (GDAL reads it without reordering) and the model's channels-last layout, so
+    the window is never transposed on the way.
+
     Parameters
     ----------
     path
@@ -427,15 +431,15 @@ class SceneReader:
         array of the source's dtype, with the GDAL masks its rule needs."""
         h, w = tiles[0].read.shape
         n, b = len(tiles), len(self.bands)
-        image = np.empty((n, b, h, w), self.dtype)
+        image = np.empty((n, h, w, b), self.dtype)
         masks = {"nodata": 0, "dataset": 1, "bands": b}[self.rule]
-        valid = np.empty((n, masks, h, w), bool) if masks else None
+        valid = np.empty((n, h, w, masks), bool) if masks else None
         for k, tile in enumerate(tiles):
             self.read_into(tile.read, image[k], None if valid is None else valid[k])
         return PixelBatch(image, valid, self.nodata, tuple(int(v) for v in core_box(tiles[0])))
 
     def read_into(self, window: Window, image: np.ndarray, valid: np.ndarray | None) -> None:
-        """Fill ``image`` ``(bands, h, w)`` (and ``valid``, when the rule reads
+        """Fill ``image`` ``(h, w, bands)`` (and ``valid``, when the rule reads
         masks) with a window's stored values."""
         if self.piece is None:
             self._decode(window, image, valid)
@@ -446,9 +450,9 @@ class SceneReader:
             )
             inner = part.relative_to(piece)
             outer = part.relative_to(window)
-            image[:, outer[0], outer[1]] = data[:, inner[0], inner[1]]
+            image[outer] = data[inner]
             if valid is not None and mask is not None:
-                valid[:, outer[0], outer[1]] = mask[:, inner[0], inner[1]]
+                valid[outer] = mask[inner]
 
     def _pieces(self, window: Window) -> Iterator[tuple[Window, Window]]:
         """The cached pieces a window touches, and the part of the window in each."""
@@ -462,19 +466,20 @@ class SceneReader:
                 yield piece, Window(r0, c0, r1 - r0, c1 - c0)
 
     def _load(self, piece: Window) -> tuple[np.ndarray, np.ndarray | None]:
-        image = np.empty((len(self.bands), *piece.shape), self.dtype)
+        image = np.empty((*piece.shape, len(self.bands)), self.dtype)
         masks = {"nodata": 0, "dataset": 1, "bands": len(self.bands)}[self.rule]
-        valid = np.empty((masks, *piece.shape), bool) if masks else None
+        valid = np.empty((*piece.shape, masks), bool) if masks else None
         self._decode(piece, image, valid)
         return image, valid
 
     def _decode(self, window: Window, image: np.ndarray, valid: np.ndarray | None) -> None:
         src, where = self._handle(), window.to_rasterio()
         try:
-            src.read(self.bands, window=where, out=image)
+            # GDAL fills the (bands, h, w) view of the pixel-interleaved arrays.
+            src.read(self.bands, window=where, out=image.transpose(2, 0, 1))
             if valid is not None:
                 bands = self.bands[:1] if self.rule == "dataset" else self.bands
-                valid[:] = src.read_masks(bands, window=where) > 0
+                valid[:] = src.read_masks(bands, window=where).transpose(1, 2, 0) > 0
         except RasterioError as exc:
             raise SceneError(
                 self.path,

@@ -54,7 +54,7 @@ def plant(scene: Path) -> Path:
 def poisoned(value: Any, word: str) -> bool:
     if isinstance(value, PixelBatch):
         r, c, h, w = value.core
-        return bool((value.image[:, 0, r : r + h, c : c + w] == POISON_VALUE).any())
+        return bool((value.image[:, r : r + h, c : c + w, 0] == POISON_VALUE).any())
     assert isinstance(value, BatchRequest)
     name = Path(value.scene).name
     return word in name and any((t.core.row, t.core.col) == (64, 64) for t in value.tiles)

@@ -51,10 +51,17 @@ def _count(stage, value):
 def _patch_network(module):
     import torch
 
+    zeros = {}  # one zero tensor per shape, made once: a model that costs nothing
+
     def forward(self, x):
         shape = (x.shape[0], self.num_classes, x.shape[2], x.shape[3])
-        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        return out.zero_()
+        key = (shape, x.dtype, x.device)
+        if key not in zeros:
+            out = torch.empty(
+                shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
+            )
+            zeros[key] = out.zero_()
+        return zeros[key]
 
     module.FCN.forward = forward
 

@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..batches import BatchRequest, WriteSummary
+from ..memory import keep_freed_memory
 from . import stages
 from .retries import Failure, WorkItem
 
@@ -67,6 +68,7 @@ class LocalEngine:
         writers: int | None = None,
         depth: int | None = None,
     ) -> None:
+        keep_freed_memory()  # before the pools start their threads
         cpus = available_cpus()
         readers = readers or cpus
         writers = writers or min(WRITE_THREADS, cpus)
@@ -101,6 +103,8 @@ class LocalEngine:
         future.add_done_callback(lambda f: self._then(item, request, step, f))
 
     def _then(self, item: WorkItem, request: BatchRequest, step: int, future: Future) -> None:
+        if future.cancelled():  # the engine is closing: nobody waits for it
+            return
         exc = future.exception()
         if exc is not None:
             self.done.put((item, Failure.from_exception(exc)))

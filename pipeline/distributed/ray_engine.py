@@ -37,6 +37,7 @@ from typing import Any
 
 from ..batches import BatchRequest
 from ..inference import CPU_BATCH
+from ..memory import ALLOCATOR_ENV
 from .replicas import IO_TASK_CPUS, ReplicaPlan
 from .retries import Failure, WorkItem
 from .stages import PredictStage, read_stage, write_stage
@@ -122,14 +123,18 @@ class RayEngine:
         self.ray = ray
         self.depth, self.start_timeout = depth, start_timeout
         self.predict_args = predict_args
+        # Workers whose allocator keeps freed batch buffers (pipeline/memory.py).
+        env = {"env_vars": dict(ALLOCATOR_ENV)}
         self.actor_class = ray.remote(PredictStage).options(
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus or None,
             max_restarts=0,  # replaced by this engine, which knows which item killed it
             max_task_retries=0,
+            runtime_env=env,
         )
-        self.read = ray.remote(read_stage).options(num_cpus=IO_TASK_CPUS, max_retries=0)
-        self.write = ray.remote(write_stage).options(num_cpus=IO_TASK_CPUS, max_retries=0)
+        io = {"num_cpus": IO_TASK_CPUS, "max_retries": 0, "runtime_env": env}
+        self.read = ray.remote(read_stage).options(**io)
+        self.write = ray.remote(write_stage).options(**io)
         self.starting: dict[Any, Any] = {}  # ready() ref -> actor
         self.replicas: list[_Replica] = []
         self.flight: dict[Any, tuple[int, WorkItem, _Replica]] = {}

@@ -30,6 +30,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..batches import BatchRequest, LabelBatch, PixelBatch, WriteSummary
+from ..memory import keep_freed_memory
 from ..reading import SceneReader
 from ..storage import Location
 from ..writing import ChunkWriter, staging_path
@@ -111,6 +112,7 @@ def read_stage(request: BatchRequest) -> PixelBatch:
     Any exception becomes a :class:`~fcnrs.pipeline.distributed.retries.StageError`."""
     # The source's version is part of the key: a scene replaced between runs of a
     # long-lived worker is opened anew.
+    keep_freed_memory()
     key = f"{request.scene}|{request.version}|{list(request.bands)}"
     with _READERS.use(key, lambda: SceneReader(request.scene, request.bands)) as reader:
         return reader.read_batch(request.tiles)
@@ -128,6 +130,7 @@ class PredictStage:
 
         from ..inference import Predictor
 
+        keep_freed_memory()
         torch.set_num_threads(threads)
         if device == "cuda":
             torch.backends.cudnn.benchmark = False  # same kernels every run: same bytes

@@ -18,8 +18,8 @@ from fcnrs.pipeline.reading import SceneReader, TileReader, core_box, inspect_sc
 def batch(n: int = 2, size: int = 96) -> PixelBatch:
     """uint16 pixels around the factory checkpoint's mean, nodata 0 on the top 10 rows."""
     rng = np.random.default_rng(0)
-    image = rng.normal(5000, 3000, (n, 3, size, size)).clip(1, 60000).astype(np.uint16)
-    image[:, :, :10, :] = 0
+    image = rng.normal(5000, 3000, (n, size, size, 3)).clip(1, 60000).astype(np.uint16)
+    image[:, :10] = 0
     return PixelBatch(image, None, (0.0, 0.0, 0.0), (5, 7, 64, 70))
 
 
@@ -33,6 +33,7 @@ def test_labels_are_cropped_to_the_core_with_nodata_where_invalid(make_checkpoin
     assert (out.probabilities[:, :, :5] == 0).all()
     x = (b.image.astype(np.float32) - np.float32(5000)) * (np.float32(1) / np.float32(3000))
     x[b.image == 0] = 0
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     with torch.inference_mode():
         t = torch.from_numpy(x).to(predictor.dtype)
         full = predictor.model(t.contiguous(memory_format=torch.channels_last))
@@ -71,10 +72,11 @@ def test_channels_last_bf16_labels_agree_with_plain_fp32(make_checkpoint):
     fp32 network on a checkpoint with decisive logits."""
     ckpt = make_checkpoint(logit_scale=50.0)
     rng = np.random.default_rng(0)
-    image = rng.normal(5000, 3000, (2, 3, 192, 160)).clip(1, 60000).astype(np.uint16)
+    image = rng.normal(5000, 3000, (2, 192, 160, 3)).clip(1, 60000).astype(np.uint16)
     pixels = PixelBatch(image, None, (None, None, None), (32, 32, 128, 96))
     net, _ = load_checkpoint(ckpt)
     x = (image.astype(np.float32) - np.float32(5000)) * (np.float32(1) / np.float32(3000))
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     with torch.inference_mode():
         plain = net.eval()(torch.from_numpy(x)).argmax(1).numpy()
     fast = Predictor(ckpt, device="cpu", precision="auto")(pixels).labels

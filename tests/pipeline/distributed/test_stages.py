@@ -49,7 +49,7 @@ def test_stages_chained_by_hand_write_the_batch_and_count_its_pixels(planned):
     request = _request(scene, plan, batch)
     pixels = read_stage(request)
     # Stored values: the scene's uint16, nothing normalised, every tile read.
-    assert pixels.image.dtype == np.uint16 and pixels.image.shape == (4, 3, 128, 128)
+    assert pixels.image.dtype == np.uint16 and pixels.image.shape == (4, 128, 128, 3)
     assert pixels.valid is None and pixels.nodata == (0.0, 0.0, 0.0)
     predict = PredictStage(ckpt, device="cpu", precision="fp32", probabilities=False, threads=1)
     labels = predict(pixels)
