@@ -53,14 +53,14 @@ def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
 class HaloMeasurement:
     """How much context a network needs, as measured on scenes (its *halo*).
 
-    The smallest multiple of :data:`STRIDE` whose tiles, with ``tile_size``-px
-    cores (dense seams), agree with one whole-scene pass on at least
-    ``threshold`` of the valid pixels of every scene measured
-    (:func:`fcnrs.pipeline.context.measure_halo`). The nightly job uses it as its
-    default ``--overlap``.
+    ``needed`` is the smallest multiple of :data:`STRIDE` whose tiles, with
+    ``tile_size``-px cores (dense seams), agree with one whole-scene pass on at
+    least ``threshold`` of the valid pixels of every scene measured
+    (:func:`fcnrs.pipeline.context.measure_halo`); ``halo``, what the nightly
+    job uses as its default ``--overlap``, adds a margin for other scenes.
     """
 
-    #: Pixels of context on each side of a core, a multiple of :data:`STRIDE`.
+    #: Pixels of context on each side of a core that runs use, a multiple of :data:`STRIDE`.
     halo: int
     #: The lowest share of agreeing valid pixels over the scenes, at ``halo``.
     agreement: float
@@ -74,12 +74,15 @@ class HaloMeasurement:
     measured: str
     #: Every halo tried, with its (lowest) agreement: ``((0, 0.93), (32, 0.998), ...)``.
     tried: tuple[tuple[int, float], ...] = ()
+    #: The smallest halo that reached ``threshold`` on these scenes (None: ``halo``).
+    needed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.halo < 0 or self.halo % STRIDE:
-            raise ValueError(
-                f"a recorded halo must be a multiple of {STRIDE} px, 0 or more; got {self.halo}"
-            )
+        for value in (self.halo, self.halo if self.needed is None else self.needed):
+            if value < 0 or value % STRIDE:
+                raise ValueError(
+                    f"a recorded halo must be a multiple of {STRIDE} px, 0 or more; got {value}"
+                )
         if not 0.0 <= self.agreement <= 1.0:
             raise ValueError(f"agreement is a share in [0, 1]; got {self.agreement}")
 
@@ -94,14 +97,16 @@ class HaloMeasurement:
             scenes=tuple(str(s) for s in raw["scenes"]),
             measured=str(raw["measured"]),
             tried=tuple((int(h), float(a)) for h, a in raw.get("tried", ())),
+            needed=int(raw["needed"]) if raw.get("needed") is not None else None,
         )
 
     def describe(self) -> str:
         """One line for logs: the halo and how it was measured."""
         where = ", ".join(self.scenes)
+        needed = "" if self.needed in (None, self.halo) else f"{self.needed} px needed + margin, "
         return (
-            f"{self.halo} px ({self.agreement:.3%} agreement with a whole-scene pass at "
-            f"{self.tile_size}-px cores on {where}, {self.precision}, measured {self.measured})"
+            f"{self.halo} px ({needed}{self.agreement:.3%} agreement with a whole-scene pass "
+            f"at {self.tile_size}-px cores on {where}, {self.precision}, measured {self.measured})"
         )
 
 

@@ -3,8 +3,9 @@
 :func:`finetune` builds :class:`~fcnrs.training.settings.TrainSettings` from the
 job's arguments (scene table, classes, bands, band statistics), runs
 :func:`~fcnrs.training.loop.train_loop_per_worker` under a ``TorchTrainer``
-(workers, failures and checkpoints kept under ``OUT/ray_results``) and writes
-every epoch's record to ``OUT/report.json``. Re-running with the same ``OUT``
+(workers, failures and checkpoints kept under ``OUT/ray_results``), measures
+and records the halo the best model needs (:mod:`fcnrs.training.context`) and
+writes every epoch's record to ``OUT/report.json``. Re-running with the same ``OUT``
 continues from the last checkpoint Ray Train registered.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from fcnrs.pipeline.reading import open_raster
 
+from .context import record_best_halo
 from .data import LabeledScene, parse_classes, read_scene_table
 from .loop import Budget, load_state, train_loop_per_worker
 from .sampling import band_statistics, class_counts, class_weights
@@ -176,10 +178,13 @@ def finetune(args: argparse.Namespace) -> int:
     if result.checkpoint:
         with result.checkpoint.as_directory() as d:
             history = load_state(d).progress.history
+    halo = record_best_halo(settings)
     best = write_report(out, history)
     print(
         f"epochs run: {len(history)}; best mean IoU {best.get('mean_iou', float('nan')):.4f} "
         f"at epoch {best.get('epoch')}; per class {best.get('iou')}"
     )
     print(f"best checkpoint: {out / 'best'}")
+    if halo is not None:
+        print(f"its halo (recorded in it): {halo.describe()}")
     return 0 if (out / "best").exists() else 1

@@ -262,6 +262,7 @@ def _start_run(
     except (ValueError, OSError) as exc:
         raise OutputError(str(exc)) from None
     meta = read_meta(local)  # a bad checkpoint raises CheckpointError naming it
+    settings = settings.with_halo(meta)  # the checkpoint's halo unless --overlap
     identity = RunIdentity(run_id, checkpoint_digest(local), settings.digest())
     return _Run(identity, model, meta, settings, out_dir, ManifestWriter(out_dir, run_id))
 
@@ -398,6 +399,7 @@ def _predict_args(run: _Run, plan: ReplicaPlan) -> dict[str, Any]:
         "device": plan.device,
         "precision": run.settings.precision,
         "probabilities": run.settings.probabilities,
+        "tta": run.settings.tta,
         "threads": plan.threads,
     }
 

@@ -124,7 +124,14 @@ class PredictStage:
     engine's process)."""
 
     def __init__(
-        self, model: str, *, device: str, precision: str, probabilities: bool, threads: int
+        self,
+        model: str,
+        *,
+        device: str,
+        precision: str,
+        probabilities: bool,
+        threads: int,
+        tta: str = "none",
     ) -> None:
         import torch
 
@@ -146,7 +153,7 @@ class PredictStage:
         node = ray.util.get_node_ip_address() if on_ray else "local"
         self.replica = f"{node}:{os.getpid()} gpu={gpu_ids}"
         self.predictor = Predictor(
-            model, device=device, precision=precision, probabilities=probabilities
+            model, device=device, precision=precision, probabilities=probabilities, tta=tta
         )
 
     def ready(self) -> str:

@@ -164,7 +164,8 @@ def a_halo(halo: int = 64) -> HaloMeasurement:
         precision="fp32",
         scenes=("val/a.tif",),
         measured="2026-01-02T03:04:05+00:00",
-        tried=((0, 0.97), (32, 0.998), (64, 0.99953)),
+        tried=((0, 0.97), (32, 0.9993), (64, 0.99953)),
+        needed=32,
     )
 
 
@@ -192,7 +193,7 @@ def test_record_halo_rewrites_the_metadata_and_keeps_the_weights(trained_like, t
     recorded = record_halo(path, a_halo())
     after = read_meta(path)
     assert after.halo == a_halo() == recorded.halo
-    assert after.halo.describe().startswith("64 px (99.953% agreement")
+    assert after.halo.describe().startswith("64 px (32 px needed + margin, 99.953% agreement")
     assert replace(after, halo=None) == before  # nothing else changed
     loaded = load_checkpoint(path)[0].state_dict()
     for k, weights in model.state_dict().items():
