@@ -85,13 +85,15 @@ def aerial_scene(path: Path, size: int, *, seed: int = 7, strip: int = 1024) -> 
 
 
 class Sampler(threading.Thread):
-    """Samples the machine's CPU busy share and the job tree's summed RSS."""
+    """Samples the machine's CPU busy share, the job tree's summed RSS and each of
+    its processes' CPU time."""
 
     def __init__(self, pid: int, every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.root, self.every = psutil.Process(pid), every
         self.cpu: list[tuple[float, float]] = []  # (time, busy share since the last)
         self.rss: list[tuple[float, int]] = []
+        self.procs: list[tuple[float, dict[int, tuple[str, float]]]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -99,7 +101,7 @@ class Sampler(threading.Thread):
         while not self.stop.wait(self.every):
             now = time.time()
             self.cpu.append((now, psutil.cpu_percent() / 100))
-            total = 0
+            total, times = 0, {}
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
@@ -107,9 +109,24 @@ class Sampler(threading.Thread):
             for proc in procs:
                 try:
                     total += proc.memory_info().rss
+                    t = proc.cpu_times()
+                    times[proc.pid] = (proc.name(), t.user + t.system)
                 except psutil.Error:
                     pass
             self.rss.append((now, total))
+            self.procs.append((now, times))
+
+    def cpu_by_process(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each kind of process (its title: ``ray::PredictStage``,
+        ``raylet``, ...) spent between two times."""
+        before = next((p for t, p in self.procs if t >= start), {})
+        after = next((p for t, p in reversed(self.procs) if t <= end + self.every), {})
+        spent: dict[str, float] = collections.Counter()
+        for pid, (name, cpu) in after.items():
+            spent[f"{name} ({'new' if pid not in before else 'running'})"] += (
+                cpu - before.get(pid, (name, 0.0))[1]
+            )
+        return dict(spent)
 
     def busy(self, start: float, end: float) -> float:
         inside = [c for t, c in self.cpu if start < t <= end + self.every]
@@ -154,17 +171,21 @@ def run_job(
     return wall, sampler, output.decode()
 
 
-def read_stats(stats: Path) -> tuple[dict[str, float], dict[str, int]]:
+def read_stats(stats: Path) -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
+    """The run's timestamps, the bytes each stage handed on, and the CPU seconds
+    of the stage calls' own threads."""
     marks: dict[str, float] = {}
     for f in stats.glob("run-*.json"):
         marks = json.loads(f.read_text())
     moved: dict[str, int] = collections.Counter()
+    cpu: dict[str, float] = collections.Counter()
     for f in stats.glob("bytes-*.txt"):
         for line in f.read_text().split("\n"):
             if line:
-                stage, n = line.split()
+                stage, n, seconds = line.split()
                 moved[stage] += int(n)
-    return marks, moved
+                cpu[stage] += float(seconds)
+    return marks, moved, cpu
 
 
 def classify(stack: str) -> str:
@@ -229,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = work / f"out-{engine}-{size}-{k}"
                 shutil.rmtree(out, ignore_errors=True)
                 wall, sampler, _ = run_job([scene], model, out, engine, stats)
-                marks, moved = read_stats(stats)
+                marks, moved, stage_cpu = read_stats(stats)
                 seconds = marks["end"] - marks["first_submit"]
                 row = dict(
                     engine=engine,
@@ -243,6 +264,17 @@ def main(argv: list[str] | None = None) -> int:
                     predict_bpp=moved["predict"] / (mpx * 1e6),
                 )
                 rows.append(row)
+                by_process = sampler.cpu_by_process(marks["first_submit"], marks["end"])
+                calls = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stage_cpu.items()))
+                print(f"  CPU seconds of the stage calls (their own threads): {calls}")
+                print(
+                    "  CPU seconds in the pipeline by process: "
+                    + ", ".join(
+                        f"{k} {v:.2f}"
+                        for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])
+                        if v >= 0.05
+                    )
+                )
                 print(
                     f"{engine:>5} {size}²: {row['mpx_s']:.1f} Mpx/s over {seconds:.2f} s "
                     f"(wall {wall:.1f} s), CPU busy {row['busy']:.0%}, peak RSS "

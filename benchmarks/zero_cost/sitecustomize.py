@@ -43,9 +43,9 @@ def _nbytes(value):
     return 0
 
 
-def _count(stage, value):
+def _count(stage, value, cpu=0.0):
     with open(os.path.join(_STATS, f"bytes-{os.getpid()}.txt"), "a") as fh:
-        fh.write(f"{stage} {_nbytes(value)}\n")
+        fh.write(f"{stage} {_nbytes(value)} {cpu}\n")
 
 
 def _patch_network(module):
@@ -73,17 +73,29 @@ def _patch_stages(module):
 
     @functools.wraps(read)
     def read_stage(*args, **kwargs):
+        start = time.thread_time()
         out = read(*args, **kwargs)
-        _count("read", out)
+        _count("read", out, time.thread_time() - start)
         return out
 
     module.read_stage = read_stage
+    write = module.write_stage
+
+    @functools.wraps(write)
+    def write_stage(*args, **kwargs):
+        start = time.thread_time()
+        out = write(*args, **kwargs)
+        _count("write", out, time.thread_time() - start)
+        return out
+
+    module.write_stage = write_stage
     infer = module.PredictStage.infer  # what every replica's call ends with
 
     @functools.wraps(infer)
     def counted(self, *args, **kwargs):
+        start = time.thread_time()
         out = infer(self, *args, **kwargs)
-        _count("predict", out)
+        _count("predict", out, time.thread_time() - start)
         return out
 
     module.PredictStage.infer = counted
