@@ -89,7 +89,10 @@ def _patch_stages(module):
         return out
 
     module.write_stage = write_stage
-    infer = module.PredictStage.infer  # what every replica's call ends with
+    # What every replica's call ends with (``__call__`` in versions before the
+    # call was split into prepare and infer, so older commits measure alike).
+    name = "infer" if hasattr(module.PredictStage, "infer") else "__call__"
+    infer = getattr(module.PredictStage, name)
 
     @functools.wraps(infer)
     def counted(self, *args, **kwargs):
@@ -98,7 +101,9 @@ def _patch_stages(module):
         _count("predict", out, time.thread_time() - start)
         return out
 
-    module.PredictStage.infer = counted
+    setattr(module.PredictStage, name, counted)
+    if name == "__call__":
+        module.PredictStage.predict = counted
 
 
 def _patch_driver(module):
