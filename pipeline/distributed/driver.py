@@ -57,12 +57,12 @@ from ..precision import default_device
 from ..scenes import ScenePlan, SegmentSettings, plan_scene
 from ..storage import Location, local_copy
 from ..writing import StagingGroup, staging_group
+from .crashes import CrashRecord, tile_key
 from .local import LocalEngine, available_cpus
 from .progress import Progress
 from .ray_engine import RayEngine
 from .replicas import ReplicaPlan, plan_replicas
 from .retries import DEFAULT_RETRIES, Failure, WorkItem, after_failure, give_up
-from .stages import PredictStage
 
 #: Where a run's batches execute: a Ray cluster, or this process.
 Engine = Literal["ray", "local"]
@@ -138,6 +138,7 @@ class _Run:
     settings: SegmentSettings
     out_dir: Location
     manifest: ManifestWriter
+    crashes: CrashRecord
     recorded: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)
     started_at: str = field(default_factory=now)
@@ -163,15 +164,20 @@ def run_scenes(
     start_ray: Callable[[], None] | None = None,
     engine: Engine = "ray",
     retries: int = DEFAULT_RETRIES,
+    worker_setup: Callable[[], None] | None = None,
 ) -> RunReport:
     """Segment scenes, skipping scenes already done with the same model and
     settings, resuming interrupted ones, and recording every scene in the manifest.
 
     ``engine="ray"`` runs the batches on the Ray cluster this process is connected
     to, or one that ``start_ray`` starts or joins (by default ``ray.init()``);
-    ``engine="local"`` runs the same stages in this process on every core
-    (:mod:`~fcnrs.pipeline.distributed.local`), with the same output bytes.
-    A failed batch is retried ``retries`` times before its scene fails.
+    ``engine="local"`` runs the same stages on this machine's cores, in a worker
+    process this one replaces when it dies
+    (:mod:`~fcnrs.pipeline.distributed.local`), with the same output bytes;
+    ``worker_setup``, a picklable function, runs first in that worker. A failed
+    batch is retried ``retries`` times before its scene fails; a batch in flight
+    in ``retries + 1`` runs that died is not tried again
+    (:mod:`~fcnrs.pipeline.distributed.crashes`).
 
     Returns the run's manifest rows: one per scene, whatever happened. One bad
     scene is recorded as failed and never stops the others; a stopped run
@@ -197,9 +203,9 @@ def run_scenes(
             if not job.pending:
                 _finish(run, job)
         if any(not job.closed for job in jobs):
-            runner = _engine(run, engine, device, replicas, threads)
+            runner = _engine(run, engine, device, replicas, threads, worker_setup)
             try:
-                _schedule(run, [job for job in jobs if not job.closed], runner)
+                _schedule(run, [job for job in jobs if not job.closed], runner, retries)
                 _drive(run, jobs, runner, progress, retries, work)
             finally:
                 runner.close()
@@ -212,6 +218,8 @@ def run_scenes(
     except BaseException as exc:
         _close_out(run, scenes, jobs, "failed", f"the run stopped: {type(exc).__name__}: {exc}")
         raise
+    finally:
+        run.crashes.close()  # the run ended: in flight no more
     return _record(run, RunReport(run.identity.run_id, tuple(run.manifest.rows), work))
 
 
@@ -263,7 +271,11 @@ def _start_run(
         raise OutputError(str(exc)) from None
     meta = read_meta(local)  # a bad checkpoint raises CheckpointError naming it
     identity = RunIdentity(run_id, checkpoint_digest(local), settings.digest())
-    return _Run(identity, model, meta, settings, out_dir, ManifestWriter(out_dir, run_id))
+    try:
+        crashes = CrashRecord(out_dir, run_id)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot keep the run's crash record ({exc})") from None
+    return _Run(identity, model, meta, settings, out_dir, ManifestWriter(out_dir, run_id), crashes)
 
 
 def _prepare_scenes(run: _Run, scenes: Iterable[str]) -> list[SceneJob]:
@@ -324,9 +336,12 @@ def _prepare_scene(
     return SceneJob(scene, plan, group, done, pending, started=t0, started_at=started_at)
 
 
-def _schedule(run: _Run, jobs: Sequence[SceneJob], engine: LocalEngine | RayEngine) -> None:
+def _schedule(
+    run: _Run, jobs: Sequence[SceneJob], engine: LocalEngine | RayEngine, retries: int
+) -> None:
     """Cut each open scene into the batches still due, at the batch size the
-    settings give or, by default, the one the replicas' device holds."""
+    settings give or, by default, the one the replicas' device holds. A scene
+    with a batch that was in flight in ``retries + 1`` runs that died fails now."""
     size = run.settings.batch_size
     if size is None:
         window = max((job.plan.grid.max_read_shape for job in jobs), key=lambda s: s[0] * s[1])
@@ -348,6 +363,24 @@ def _schedule(run: _Run, jobs: Sequence[SceneJob], engine: LocalEngine | RayEngi
                 len(batches) - len(job.batches),
                 len(batches),
             )
+        _convict(run, job, retries)
+
+
+def _convict(run: _Run, job: SceneJob, retries: int) -> None:
+    """Fail a scene now if one of its batches was in flight in ``retries + 1``
+    runs that died: trying it again would kill this one too."""
+    for batch in job.batches:
+        keys = [tile_key(str(job.plan.output), _version(job), t) for t in batch]
+        deaths = run.crashes.deaths_of(keys)
+        if deaths > retries:
+            windows = "; ".join(str(t.core) for t in batch)
+            job.failed = (
+                f"{job.scene}: tile(s) {windows} were being processed when {deaths} "
+                "runs died (the kernel's OOM killer, a power loss or kill -9 took the "
+                "whole run); not tried again until the scene changes"
+            )
+            _finish(run, job)
+            return
 
 
 def _start_ray() -> None:
@@ -370,7 +403,12 @@ def _node_resources() -> list[dict[str, float]]:
 
 
 def _engine(
-    run: _Run, engine: Engine, device: str, replicas: int | None, threads: int | None
+    run: _Run,
+    engine: Engine,
+    device: str,
+    replicas: int | None,
+    threads: int | None,
+    worker_setup: Callable[[], None] | None = None,
 ) -> LocalEngine | RayEngine:
     if engine == "ray":
         plan = plan_replicas(_node_resources(), replicas=replicas, threads=threads)
@@ -378,7 +416,7 @@ def _engine(
     else:
         cpus = available_cpus()
         plan = ReplicaPlan(1, num_gpus=0, num_cpus=cpus, threads=threads or cpus, device=device)
-        runner = LocalEngine(PredictStage(**_predict_args(run, plan)))
+        runner = LocalEngine(_predict_args(run, plan), setup=worker_setup)
     run.device, run.threads = plan.device, plan.threads
     log.info(
         "%d replica(s) (%s, %s, %d thread(s) each; %s engine)",
@@ -402,12 +440,17 @@ def _predict_args(run: _Run, plan: ReplicaPlan) -> dict[str, Any]:
     }
 
 
+def _version(job: SceneJob) -> str:
+    """The source's identity: size, mtime and ETag."""
+    info = job.plan.info
+    return f"{info.size_bytes}:{info.mtime_ns}:{info.etag}"
+
+
 def _request(run: _Run, job: SceneJob, item: WorkItem) -> BatchRequest:
     """The stages' order for an item."""
-    info = job.plan.info
     return BatchRequest(
         scene=job.scene,
-        version=f"{info.size_bytes}:{info.mtime_ns}:{info.etag}",
+        version=_version(job),
         output=str(job.plan.output),
         bands=tuple(job.plan.bands),
         tiles=item.tiles,
@@ -425,20 +468,10 @@ def _drive(
 ) -> None:
     """Feed the engine, account for what lands, retry or fail what fails, and
     publish each scene with its last batch."""
-    open_jobs = [job for job in jobs if not job.closed]
-    bar = Progress(sum(len(job.pending) for job in open_jobs), progress) if progress else None
-    queue = deque(
-        WorkItem(sid, batch)
-        for sid, job in enumerate(jobs)
-        if not job.closed
-        for batch in job.batches
-    )
+    feed = _Feed(run, jobs, engine, retries, work, progress)
     while any(not job.closed for job in jobs):
         _check_stop()
-        while queue and engine.room() > 0 and not engine.broken:
-            item = queue.popleft()
-            if not jobs[item.scene_id].closed:  # a failed scene's batches are dropped
-                engine.submit(item, _request(run, jobs[item.scene_id], item))
+        feed.send()
         if engine.broken:
             for job in jobs:
                 if not job.closed:
@@ -446,35 +479,103 @@ def _drive(
                     _finish(run, job)
             return
         for item, result in engine.poll(timeout=0.5):
-            job = jobs[item.scene_id]
-            if job.closed:
+            feed.land(item, result)
+
+
+class _Feed:
+    """The batches of a run on their way through an engine: the queue, what is
+    in flight (written down in the run's crash record first), and what each
+    landing batch means for its scene."""
+
+    def __init__(
+        self,
+        run: _Run,
+        jobs: Sequence[SceneJob],
+        engine: LocalEngine | RayEngine,
+        retries: int,
+        work: dict[str, ReplicaWork],
+        progress: TextIO | None,
+    ) -> None:
+        self.run, self.jobs, self.engine, self.retries, self.work = run, jobs, engine, retries, work
+        open_jobs = [job for job in jobs if not job.closed]
+        self.bar = Progress(sum(len(j.pending) for j in open_jobs), progress) if progress else None
+        items = [
+            WorkItem(sid, batch)
+            for sid, job in enumerate(jobs)
+            if not job.closed
+            for batch in job.batches
+        ]
+        # Batches in flight when an earlier run died go first, and alone.
+        items.sort(key=lambda item: not self.suspect(item))
+        self.queue = deque(items)
+        self.flight: dict[int, int] = {}  # id(item) -> its number in the crash record
+        self.alone: set[int] = set()  # id(item) of a suspect in flight
+        self.seq = 0
+
+    def keys(self, item: WorkItem) -> list[str]:
+        job = self.jobs[item.scene_id]
+        return [tile_key(str(job.plan.output), _version(job), t) for t in item.tiles]
+
+    def suspect(self, item: WorkItem) -> bool:
+        return self.run.crashes.deaths_of(self.keys(item)) > 0
+
+    def send(self) -> None:
+        """Send what the engine has room for; a suspect only with nothing else in
+        flight, and nothing beside it."""
+        while self.queue and self.engine.room() > 0 and not self.engine.broken:
+            item = self.queue[0]
+            if self.jobs[item.scene_id].closed:  # a failed scene's batches are dropped
+                self.queue.popleft()
                 continue
-            if isinstance(result, Failure):
-                again = after_failure(item, result, retries)
-                if again:
-                    log.warning(
-                        "%s: tile(s) %s failed (%s); retrying%s",
-                        job.scene,
-                        item.windows(),
-                        result.reason,
-                        " in smaller batches" if len(again) > 1 else "",
-                    )
-                    queue.extendleft(reversed(again))  # retried first: a bad scene fails fast
-                    continue
-                job.failed = give_up(job.scene, item, result)
-                if bar:
-                    bar.drop(len(job.pending))
-                _finish(run, job)
-                continue
-            pixels = sum(t.core.height * t.core.width for t in item.tiles)
-            work[result.replica] = work.get(result.replica, ReplicaWork()).plus(
-                tiles=len(item.tiles), pixels=pixels, seconds=result.replica_seconds
+            alone = self.suspect(item)
+            if self.alone or (alone and self.flight):
+                return
+            self.queue.popleft()
+            self.seq += 1
+            self.flight[id(item)] = self.seq
+            if alone:
+                self.alone.add(id(item))
+            self.run.crashes.sent(self.seq, self.keys(item))  # before it can run
+            self.engine.submit(item, _request(self.run, self.jobs[item.scene_id], item))
+
+    def land(self, item: WorkItem, result: WriteSummary | Failure) -> None:
+        """Account for an item that came back."""
+        seq = self.flight.pop(id(item), 0)
+        self.alone.discard(id(item))
+        self.run.crashes.back(seq, cleared=not isinstance(result, Failure))
+        job = self.jobs[item.scene_id]
+        if job.closed:
+            return
+        if isinstance(result, Failure):
+            self._failed(job, item, result)
+            return
+        pixels = sum(t.core.height * t.core.width for t in item.tiles)
+        self.work[result.replica] = self.work.get(result.replica, ReplicaWork()).plus(
+            tiles=len(item.tiles), pixels=pixels, seconds=result.replica_seconds
+        )
+        _absorb(job, item, result)
+        if self.bar:
+            self.bar.update(len(item.tiles), pixels)
+        if not job.pending:
+            _finish(self.run, job)
+
+    def _failed(self, job: SceneJob, item: WorkItem, failure: Failure) -> None:
+        again = after_failure(item, failure, self.retries)
+        if again:
+            log.warning(
+                "%s: tile(s) %s failed (%s); retrying%s",
+                job.scene,
+                item.windows(),
+                failure.reason,
+                " in smaller batches" if len(again) > 1 else "",
             )
-            _absorb(job, item, result)
-            if bar:
-                bar.update(len(item.tiles), pixels)
-            if not job.pending:
-                _finish(run, job)
+            self.queue.extendleft(reversed(again))  # retried first: a bad scene fails fast
+            return
+        job.failed = give_up(job.scene, item, failure)
+        self.engine.forget(item.scene_id)
+        if self.bar:
+            self.bar.drop(len(job.pending))
+        _finish(self.run, job)
 
 
 def _absorb(job: SceneJob, item: WorkItem, summary: WriteSummary) -> None:
@@ -504,6 +605,7 @@ def _finish(run: _Run, job: SceneJob) -> None:
             tiles_predicted=job.predicted,
         )
     else:
+        run.crashes.forget(str(job.plan.output))  # every tile written: no suspects left
         row = done_row(
             run.identity,
             job.scene,

@@ -155,6 +155,9 @@ class RayEngine:
     def room(self) -> int:
         return sum(r.depth - len(r.items) for r in self._live())
 
+    def forget(self, scene_id: int) -> None:
+        """A scene is closed; nothing of it is held here."""
+
     def batch_size(self, window: tuple[int, int]) -> int | None:
         """Tiles per batch for windows of this shape, as the first replica to
         start measures on its device; None while no replica runs yet."""
