@@ -222,7 +222,7 @@ class RayEngine:
     def _started(self, ref: Any) -> None:
         actor = self.starting.pop(ref)
         try:
-            self.ray.get(ref)  # raises what the constructor raised
+            name = self.ray.get(ref)  # raises what the constructor raised
         except Exception as exc:
             # The constructor's own exception is the last line of Ray's message.
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -236,6 +236,7 @@ class RayEngine:
             return
         self.start_failures = 0
         self.replicas.append(_Replica(actor))
+        log.info("replica %s is ready", name)  # node:pid, as the summary names it
 
     def _lose(self, replica: _Replica) -> None:
         """A replica's process died: replace it with a fresh one."""

@@ -132,7 +132,7 @@ import json, sys, time, ray
 from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.scenes import SegmentSettings
 root, faults, model, out, *scenes = sys.argv[1:]
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={
     "worker_process_setup_hook": "tests.faults.install_from_env",
     "env_vars": {"PYTHONPATH": root, "FCNRS_TEST_FAULTS": faults},
 })
