@@ -147,12 +147,15 @@ def ray_starter(verbose: bool) -> Callable[[], None]:
         if ray.is_initialized():
             return
         joining = bool(os.environ.get("RAY_ADDRESS"))
+        # Without RAY_ADDRESS (plain python) a Ray of this job's own: never one that
+        # another user's `ray start` left running on the machine.
+        address = None if joining else "local"
         if verbose:
-            ray.init()
+            ray.init(address=address)
         else:
             with tempfile.TemporaryFile(mode="w+b") as held, _native_stderr_to(held):
                 try:
-                    ray.init(logging_level=logging.WARNING, log_to_driver=False)
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
                 except BaseException:
                     held.seek(0)
                     sys.stderr.write(held.read().decode(errors="replace"))

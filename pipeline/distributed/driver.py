@@ -384,10 +384,13 @@ def _convict(run: _Run, job: SceneJob, retries: int) -> None:
 
 
 def _start_ray() -> None:
+    """Join the cluster ``RAY_ADDRESS`` names, else start a Ray of this run's own."""
+    import os
+
     import ray
 
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", log_to_driver=True)
 
 
 def _cluster_resources() -> dict[str, float]:
