@@ -45,6 +45,9 @@ from .stages import PredictStage, read_stage, write_stage
 #: Items in flight per replica at first: one being read, one in the model, one
 #: being written.
 DEPTH = 3
+#: Calls a replica runs at once: one in the model, the next being prepared
+#: (normalised and masked on the device) beside it.
+CONCURRENCY = 2
 #: The most items in flight per replica, whatever the latency: its memory bound.
 MAX_DEPTH = 12
 #: A replica busy less than this share of its recent time, with all its items in
@@ -130,6 +133,7 @@ class RayEngine:
             num_gpus=plan.num_gpus or None,
             max_restarts=0,  # replaced by this engine, which knows which item killed it
             max_task_retries=0,
+            max_concurrency=CONCURRENCY,
             runtime_env=env,
         )
         io = {"num_cpus": IO_TASK_CPUS, "max_retries": 0, "runtime_env": env}

@@ -148,6 +148,9 @@ class PredictStage:
         self.predictor = Predictor(
             model, device=device, precision=precision, probabilities=probabilities
         )
+        # One batch in the model at a time; another may be prepared meanwhile
+        # (a Ray replica takes two calls at once, see ray_engine.CONCURRENCY).
+        self._model = threading.Lock()
 
     def ready(self) -> str:
         """The replica's name, once its model is loaded."""
@@ -165,7 +168,8 @@ class PredictStage:
 
     @guarded("predict")
     def infer(self, prepared: Prepared) -> LabelBatch:
-        return replace(self.predictor.infer(prepared), replica=self.replica)
+        with self._model:
+            return replace(self.predictor.infer(prepared), replica=self.replica)
 
     def __call__(self, pixels: PixelBatch) -> LabelBatch:
         return self.infer(self.prepare(pixels))
