@@ -136,6 +136,18 @@ class Sampler(threading.Thread):
         return max((r for _, r in self.rss), default=0) / 2**20
 
 
+def checkout_path(checkout: Path, work: Path) -> Path:
+    """A folder that makes ``import fcnrs.<room>`` load another checkout's code
+    (its rooms as the ``fcnrs`` namespace's packages), to measure it beside this one."""
+    root = work / f"pkg-{checkout.name}" / "fcnrs"
+    root.mkdir(parents=True, exist_ok=True)
+    for room in ("fcn_model", "pipeline", "training", "gis", "demo", "jobs"):
+        link = root / room
+        if not link.exists():
+            link.symlink_to(checkout / room)
+    return root.parent
+
+
 def run_job(
     scenes: list[Path],
     model: Path,
@@ -145,18 +157,22 @@ def run_job(
     profile: Path | None = None,
     *,
     zero_cost: bool = True,
+    checkout: tuple[Path, Path] | None = None,
 ) -> tuple[float, Sampler, str]:
     """Run the job as its own process (the shim on its path); returns its wall
-    seconds, the CPU and memory samples, and its output."""
+    seconds, the CPU and memory samples, and its output. ``checkout``: another
+    checkout's job script and the path that imports its code."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")]))
+    paths = [str(SHIM), str(checkout[1]) if checkout else "", env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["FCNRS_FEED_STATS"] = str(stats)
     env["FCNRS_ZERO_COST"] = "1" if zero_cost else "0"
-    cmd = [sys.executable, str(JOB), "--model", str(model), "--scenes", *map(str, scenes)]
+    job = checkout[0] if checkout else JOB
+    cmd = [sys.executable, str(job), "--model", str(model), "--scenes", *map(str, scenes)]
     cmd += ["--out", str(out), "--engine", engine]
     if profile is not None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        spy_cmd = [spy, "record", "--subprocesses", "--rate", "50", "--format", "raw"]
+        spy_cmd = [spy, "record", "--subprocesses", "--rate", "100", "--format", "raw"]
         cmd = [*spy_cmd, "--nonblocking", "--output", str(profile), "--", *cmd]
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -182,7 +198,7 @@ def read_stats(stats: Path) -> tuple[dict[str, float], dict[str, int], dict[str,
     for f in stats.glob("bytes-*.txt"):
         for line in f.read_text().split("\n"):
             if line:
-                stage, n, seconds = line.split()
+                stage, n, seconds = line.split()[:3]
                 moved[stage] += int(n)
                 cpu[stage] += float(seconds)
     return marks, moved, cpu
@@ -234,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="also a py-spy run per engine")
     p.add_argument("--work", default=None, help="keeps the scenes between runs")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a git worktree of an earlier commit) measured "
+        "the same way, alternately with this one",
+    )
     args = p.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="feed_ceiling_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -244,45 +267,54 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         scene = aerial_scene(work / f"aerial{size}.tif", size)
         mpx = size * size / 1e6
+        versions: list[tuple[str, tuple[Path, Path] | None]] = [("this", None)]
+        if args.baseline:
+            base = args.baseline.resolve()
+            versions.insert(
+                0, ("baseline", (base / "jobs" / "segment_scenes.py", checkout_path(base, work)))
+            )
+        for engine, k, (version, checkout) in (
+            (e, k, v) for e in args.engines for k in range(args.repeats) for v in versions
+        ):
+            stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
+            out = work / f"out-{engine}-{size}-{k}"
+            shutil.rmtree(out, ignore_errors=True)
+            wall, sampler, _ = run_job([scene], model, out, engine, stats, checkout=checkout)
+            marks, moved, stage_cpu = read_stats(stats)
+            seconds = marks["end"] - marks["first_submit"]
+            row = dict(
+                version=version,
+                engine=engine,
+                size=size,
+                mpx_s=mpx / seconds,
+                seconds=seconds,
+                wall=wall,
+                busy=sampler.busy(marks["first_submit"], marks["end"]),
+                rss=sampler.peak_rss(),
+                read_bpp=moved["read"] / (mpx * 1e6),
+                predict_bpp=moved["predict"] / (mpx * 1e6),
+            )
+            rows.append(row)
+            by_process = sampler.cpu_by_process(marks["first_submit"], marks["end"])
+            calls = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stage_cpu.items()))
+            print(f"  CPU seconds of the stage calls (their own threads): {calls}")
+            print(
+                "  CPU seconds in the pipeline by process: "
+                + ", ".join(
+                    f"{k} {v:.2f}"
+                    for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])
+                    if v >= 0.05
+                )
+            )
+            print(
+                f"{version} {engine:>5} {size}²: {row['mpx_s']:.1f} Mpx/s over {seconds:.2f} s "
+                f"(wall {wall:.1f} s), CPU busy {row['busy']:.0%}, peak RSS "
+                f"{row['rss']:.0f} MiB, read->predict {row['read_bpp']:.2f} B/px, "
+                f"predict->write {row['predict_bpp']:.2f} B/px",
+                flush=True,
+            )
+            shutil.rmtree(out, ignore_errors=True)
         for engine in args.engines:
-            for k in range(args.repeats):
-                stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
-                out = work / f"out-{engine}-{size}-{k}"
-                shutil.rmtree(out, ignore_errors=True)
-                wall, sampler, _ = run_job([scene], model, out, engine, stats)
-                marks, moved, stage_cpu = read_stats(stats)
-                seconds = marks["end"] - marks["first_submit"]
-                row = dict(
-                    engine=engine,
-                    size=size,
-                    mpx_s=mpx / seconds,
-                    seconds=seconds,
-                    wall=wall,
-                    busy=sampler.busy(marks["first_submit"], marks["end"]),
-                    rss=sampler.peak_rss(),
-                    read_bpp=moved["read"] / (mpx * 1e6),
-                    predict_bpp=moved["predict"] / (mpx * 1e6),
-                )
-                rows.append(row)
-                by_process = sampler.cpu_by_process(marks["first_submit"], marks["end"])
-                calls = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stage_cpu.items()))
-                print(f"  CPU seconds of the stage calls (their own threads): {calls}")
-                print(
-                    "  CPU seconds in the pipeline by process: "
-                    + ", ".join(
-                        f"{k} {v:.2f}"
-                        for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])
-                        if v >= 0.05
-                    )
-                )
-                print(
-                    f"{engine:>5} {size}²: {row['mpx_s']:.1f} Mpx/s over {seconds:.2f} s "
-                    f"(wall {wall:.1f} s), CPU busy {row['busy']:.0%}, peak RSS "
-                    f"{row['rss']:.0f} MiB, read->predict {row['read_bpp']:.2f} B/px, "
-                    f"predict->write {row['predict_bpp']:.2f} B/px",
-                    flush=True,
-                )
-                shutil.rmtree(out, ignore_errors=True)
             if args.profile:
                 stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
                 raw = work / f"profile-{engine}-{size}.txt"
@@ -292,13 +324,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nprofile, {engine} engine, {size}² (py-spy, all processes):")
                 print(profile_table(raw), flush=True)
     print(
-        "\n| engine | scene | output Mpx/s | pipeline s | wall s | CPU busy | peak RSS | "
+        "\n| version | engine | scene | output Mpx/s | pipeline s | wall s | CPU busy | peak RSS | "
         "read→predict B/px | predict→write B/px |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
-            f"| {r['engine']} | {r['size']}² | {r['mpx_s']:.1f} | {r['seconds']:.2f} | "
+            f"| {r['version']} | {r['engine']} | {r['size']}² | {r['mpx_s']:.1f} | {r['seconds']:.2f} | "
             f"{r['wall']:.1f} | {r['busy']:.0%} | {r['rss']:.0f} MiB | {r['read_bpp']:.2f} | "
             f"{r['predict_bpp']:.2f} |"
         )

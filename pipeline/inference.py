@@ -289,14 +289,27 @@ class Predictor:
             # tiles without valid pixels were dropped from the batch.
             scores = self.model(prepared.x.contiguous(memory_format=torch.channels_last))
             scores = scores[:, :, r : r + h, c : c + w]
-            # argmax in the model's dtype: widening is exact, so the labels are the same.
-            best = scores.argmax(dim=1).to(torch.uint8).masked_fill_(~valid, NODATA).cpu()
+            # argmax in the model's dtype (widening is exact: the same labels), into
+            # one buffer per shape: a fresh int64 array per batch is page-faulted in
+            # anew, a cost as large as the argmax itself on a CPU.
+            index = self._buffer(scores.shape[:1] + scores.shape[2:], scores.device)
+            torch.argmax(scores, dim=1, out=index)
+            best = index.to(torch.uint8).masked_fill_(~valid, NODATA).cpu()
             labels = _all_rows(best.numpy(), rows, NODATA)
             probs = None
             if self.probabilities:
                 p = torch.softmax(scores.float(), dim=1).mul_(255).round_().to(torch.uint8)
                 probs = _all_rows(p.mul_(valid[:, None]).cpu().numpy(), rows, 0)
         return LabelBatch(labels, probs, int(rows.sum()), seconds=time.perf_counter() - start)
+
+    def _buffer(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """An int64 array of this shape, the same one every call (the model runs
+        one batch at a time)."""
+        key = (tuple(shape), str(device))
+        buffers = self.__dict__.setdefault("_buffers", {})
+        if key not in buffers:
+            buffers[key] = torch.empty(shape, dtype=torch.int64, device=device)
+        return buffers[key]
 
     def batch_size(self, window: tuple[int, int]) -> int:
         """Tiles per batch for windows of this shape on this device: on a CPU

@@ -40,11 +40,13 @@ from ..inference import CPU_BATCH
 from ..memory import ALLOCATOR_ENV
 from .replicas import IO_TASK_CPUS, ReplicaPlan
 from .retries import Failure, WorkItem
-from .stages import PredictStage, read_stage, write_stage
+from .stages import PredictStage, read_stage, warm_up, write_stage
 
 #: Items in flight per replica at first: one being read, one in the model, one
 #: being written.
 DEPTH = 3
+#: Read and write workers started per replica before the first batch.
+WARM_WORKERS = 2
 #: Calls a replica runs at once: one in the model, the next being prepared
 #: (normalised and masked on the device) beside it.
 CONCURRENCY = 2
@@ -148,6 +150,10 @@ class RayEngine:
         self.idle_since = time.monotonic()  # when the last running replica was lost
         for _ in range(plan.replicas):
             self._start()
+        # Start the read and write workers while the replicas load their models:
+        # a worker's first task otherwise pays its process start and imports.
+        warm = ray.remote(warm_up).options(**io)
+        self.warming = [warm.remote() for _ in range(WARM_WORKERS * plan.replicas)]
 
     def _start(self) -> None:
         actor = self.actor_class.remote(**self.predict_args)

@@ -106,6 +106,13 @@ def close_cached() -> None:
     _WRITERS.clear()
 
 
+def warm_up() -> None:
+    """Nothing but what a read or write task's process needs loaded (this module
+    and the libraries it imports) and its allocator settings."""
+    keep_freed_memory()
+    import zarr  # noqa: F401  the writer's, imported on its first chunk otherwise
+
+
 @guarded("read")
 def read_stage(request: BatchRequest) -> PixelBatch:
     """Read a batch's windows as stored (:meth:`~fcnrs.pipeline.reading.SceneReader.read_batch`).
