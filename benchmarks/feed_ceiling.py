@@ -158,6 +158,7 @@ def run_job(
     *,
     zero_cost: bool = True,
     checkout: tuple[Path, Path] | None = None,
+    in_process: bool = False,
 ) -> tuple[float, Sampler, str]:
     """Run the job as its own process (the shim on its path); returns its wall
     seconds, the CPU and memory samples, and its output. ``checkout``: another
@@ -167,6 +168,7 @@ def run_job(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["FCNRS_FEED_STATS"] = str(stats)
     env["FCNRS_ZERO_COST"] = "1" if zero_cost else "0"
+    env["FCNRS_IN_PROCESS"] = "1" if in_process else "0"
     job = checkout[0] if checkout else JOB
     cmd = [sys.executable, str(job), "--model", str(model), "--scenes", *map(str, scenes)]
     cmd += ["--out", str(out), "--engine", engine]
@@ -257,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         help="another checkout (e.g. a git worktree of an earlier commit) measured "
         "the same way, alternately with this one",
     )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="also run the local engine's pipeline in the job's own process (as "
+        "before its worker process), to measure what the worker costs",
+    )
     args = p.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="feed_ceiling_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -268,18 +276,32 @@ def main(argv: list[str] | None = None) -> int:
         scene = aerial_scene(work / f"aerial{size}.tif", size)
         mpx = size * size / 1e6
         versions: list[tuple[str, tuple[Path, Path] | None]] = [("this", None)]
+        if args.in_process:
+            versions.append(("in-process", None))
         if args.baseline:
             base = args.baseline.resolve()
             versions.insert(
                 0, ("baseline", (base / "jobs" / "segment_scenes.py", checkout_path(base, work)))
             )
         for engine, k, (version, checkout) in (
-            (e, k, v) for e in args.engines for k in range(args.repeats) for v in versions
+            (e, k, v)
+            for e in args.engines
+            for k in range(args.repeats)
+            for v in versions
+            if not (v[0] == "in-process" and e != "local")
         ):
             stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
             out = work / f"out-{engine}-{size}-{k}"
             shutil.rmtree(out, ignore_errors=True)
-            wall, sampler, _ = run_job([scene], model, out, engine, stats, checkout=checkout)
+            wall, sampler, _ = run_job(
+                [scene],
+                model,
+                out,
+                engine,
+                stats,
+                checkout=checkout,
+                in_process=version == "in-process",
+            )
             marks, moved, stage_cpu = read_stats(stats)
             seconds = marks["end"] - marks["first_submit"]
             row = dict(

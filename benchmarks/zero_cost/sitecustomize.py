@@ -128,12 +128,73 @@ def _patch_driver(module):
     module._drive = _drive
 
 
+def _patch_local(module):
+    """With ``FCNRS_IN_PROCESS=1``: the local engine's thread pipeline in the job's
+    own process, as before it moved into a worker process, to measure what the
+    worker costs (the same stages, threads and depth)."""
+    import queue as queue_module
+
+    class InProcess:
+        name = "local"
+        broken = None
+        ready = True
+
+        def __init__(self, predict_args, *, readers=None, writers=None, depth=None, setup=None):
+            from fcnrs.pipeline.distributed import stages
+
+            cpus = module.available_cpus()
+            self.readers = readers or cpus
+            self.depth = depth or module.default_depth(self.readers)
+            self.predict = stages.PredictStage(**predict_args)
+            self.replica = self.predict.replica
+            writers = writers or min(module.WRITE_THREADS, cpus)
+            self.pipeline = module.ThreadPipeline(
+                self.predict, readers=self.readers, writers=writers
+            )
+            self.flight, self.seq = {}, 0
+
+        def room(self):
+            return self.depth - len(self.flight)
+
+        def submit(self, item, request):
+            self.seq += 1
+            self.flight[self.seq] = item
+            self.pipeline.submit(self.seq, request)
+
+        def forget(self, scene_id):
+            pass
+
+        def batch_size(self, window):
+            return self.predict.batch_size(window)
+
+        def poll(self, timeout):
+            out = []
+            try:
+                key, result = self.pipeline.done.get(timeout=timeout)
+            except queue_module.Empty:
+                return out
+            out.append((self.flight.pop(key), result))
+            while True:
+                try:
+                    key, result = self.pipeline.done.get_nowait()
+                except queue_module.Empty:
+                    return out
+                out.append((self.flight.pop(key), result))
+
+        def close(self):
+            self.pipeline.close()
+
+    module.LocalEngine = InProcess
+
+
 _PATCHES = {
     "fcnrs.pipeline.distributed.stages": _patch_stages,
     "fcnrs.pipeline.distributed.driver": _patch_driver,
 }
 if os.environ.get("FCNRS_ZERO_COST") == "1":
     _PATCHES["fcnrs.fcn_model.network"] = _patch_network
+if os.environ.get("FCNRS_IN_PROCESS") == "1":
+    _PATCHES["fcnrs.pipeline.distributed.local"] = _patch_local
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
