@@ -219,7 +219,7 @@ class Predictor:
     """Labels (and optionally class probabilities) for batches of tiles.
 
     Takes a :class:`~fcnrs.pipeline.batches.PixelBatch` (stored pixels, read by
-    :class:`~fcnrs.pipeline.reading.SceneReader`) and returns a
+    :class:`~fcnrs.pipeline.batch_reading.SceneReader`) and returns a
     :class:`~fcnrs.pipeline.batches.LabelBatch`: labels uint8 ``(n, h, w)``
     cropped to the core, :data:`~fcnrs.pipeline.labels.NODATA` where the input is
     invalid, and with ``probabilities`` set, uint8 ``(n, classes, h, w)``

@@ -14,9 +14,9 @@ from os import PathLike
 
 from fcnrs.fcn_model import checkpoint_digest, read_meta
 
+from .batch_reading import SceneReader
 from .inference import Predictor, default_device
 from .planning import plan_batches
-from .reading import SceneReader
 from .scenes import SegmentSettings, plan_scene
 from .storage import local_copy
 from .writing import staging_group

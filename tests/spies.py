@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fcnrs.pipeline.reading import SceneReader
+from fcnrs.pipeline.batch_reading import SceneReader
 
 
 def log_reads(log: str) -> None:

@@ -12,7 +12,7 @@ until the project's own modules are imported:
   validity, normalisation, transfers between stages, argmax, writes);
 - ``fcnrs.pipeline.distributed.stages``: the bytes each stage hands to the next
   are appended to ``$FCNRS_FEED_STATS/bytes-<pid>.txt``;
-- ``fcnrs.pipeline.distributed.driver``: the time the first batch went to the
+- ``fcnrs.pipeline.distributed.feed`` (``driver`` in older commits): the time the first batch went to the
   engine and the time the run's batches were all done go to
   ``$FCNRS_FEED_STATS/run-<pid>.json``.
 
@@ -106,7 +106,11 @@ def _patch_stages(module):
 
 
 def _patch_driver(module):
-    drive = module._drive
+    """The driver loop: ``feed.drive``, or ``driver._drive`` in older commits."""
+    name = "drive" if hasattr(module, "drive") else "_drive"
+    if not hasattr(module, name):
+        return
+    drive = getattr(module, name)
     marks = {}
 
     def submit_wrapper(submit):
@@ -125,7 +129,7 @@ def _patch_driver(module):
             with open(os.path.join(_STATS, f"run-{os.getpid()}.json"), "w") as fh:
                 json.dump(marks, fh)
 
-    module._drive = _drive
+    setattr(module, name, _drive)
 
 
 def _patch_local(module):
@@ -190,6 +194,7 @@ def _patch_local(module):
 _PATCHES = {
     "fcnrs.pipeline.distributed.stages": _patch_stages,
     "fcnrs.pipeline.distributed.driver": _patch_driver,
+    "fcnrs.pipeline.distributed.feed": _patch_driver,
 }
 if os.environ.get("FCNRS_ZERO_COST") == "1":
     _PATCHES["fcnrs.fcn_model.network"] = _patch_network

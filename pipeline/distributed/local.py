@@ -6,7 +6,7 @@ run as a thread pipeline (:class:`ThreadPipeline`), each stage on its own pool:
 
 - reads on one thread per CPU: GDAL decodes with the GIL released, each thread
   with its own dataset handle, and the decoded pieces of a scene are shared
-  (:class:`~fcnrs.pipeline.reading.SceneReader`); the same thread then
+  (:class:`~fcnrs.pipeline.batch_reading.SceneReader`); the same thread then
   prepares the batch for the model (normalises and masks it on the model's
   device, :meth:`~fcnrs.pipeline.inference.Predictor.prepare`), so that work
   scales with the read threads too;

@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ..batch_reading import SceneReader
 from ..batches import BatchRequest, LabelBatch, PixelBatch, WriteSummary
 from ..memory import keep_freed_memory
-from ..reading import SceneReader
 from ..storage import Location
 from ..writing import ChunkWriter, staging_path
 from .retries import guarded
@@ -115,7 +115,7 @@ def warm_up() -> None:
 
 @guarded("read")
 def read_stage(request: BatchRequest) -> PixelBatch:
-    """Read a batch's windows as stored (:meth:`~fcnrs.pipeline.reading.SceneReader.read_batch`).
+    """Read a batch's windows as stored (:meth:`~fcnrs.pipeline.batch_reading.SceneReader.read_batch`).
     Any exception becomes a :class:`~fcnrs.pipeline.distributed.retries.StageError`."""
     # The source's version is part of the key: a scene replaced between runs of a
     # long-lived worker is opened anew.
