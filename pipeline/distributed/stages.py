@@ -188,11 +188,11 @@ class PredictStage:
 def write_stage(request: BatchRequest, labels: LabelBatch) -> WriteSummary:
     """Write every tile of a batch, each into its own chunk (one writer per chunk),
     and report how many tiles were predicted and how many pixels are valid."""
-    stage = str(staging_path(Location(request.output)))
+    staging = str(staging_path(Location(request.output)))
     probabilities = labels.probabilities
     valid = 0
     with _WRITERS.use(
-        stage, lambda: ChunkWriter(stage, probabilities=request.probabilities)
+        staging, lambda: ChunkWriter(staging, probabilities=request.probabilities)
     ) as writer:
         for k, tile in enumerate(request.tiles):
             probs: Any = probabilities[k] if probabilities is not None else None
