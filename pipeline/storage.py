@@ -109,7 +109,9 @@ def clear_gdal_cache() -> int:
     cleared = 0
     for library in _gdal_libraries():
         try:
-            lib = ctypes.CDLL(library, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(
+                library, mode=getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LAZY", 0)
+            )
         except OSError:  # not loaded after all: nothing of it to clear
             continue
         lib.VSICurlClearCache()
@@ -532,8 +534,18 @@ def _s3_code(exc: BaseException) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """The reason in an obstore error: the server's S3 error code and message
+    where it sent one (``SignatureDoesNotMatch: The request signature ...``),
+    else its HTTP status (``403 Forbidden``), else the error's first line."""
+    text = str(exc)
+    code, message = _s3_code(exc), re.search(r"<Message>([^<]*)</Message>", text)
+    if code:
+        return f"{code}: {message.group(1)}" if message else code
+    status = re.search(r"status code: (\d{3}[^:\n]*)", text)  # a HEAD's answer has no body
+    if status:
+        return status.group(1).strip()
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def expand_url_glob(pattern: str) -> list[str]:
