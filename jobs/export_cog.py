@@ -23,14 +23,20 @@ import logging
 import sys
 
 from fcnrs.gis.cog import export_cog
-from fcnrs.jobs.options import job_main
+from fcnrs.jobs.options import expand_urls, job_main, output_folder
 
 log = logging.getLogger("fcnrs.export")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("zarr", nargs="+", help="label rasters written by jobs/segment_scenes.py")
-    p.add_argument("--out", required=True, help="folder for the GeoTIFFs")
+    p.add_argument(
+        "zarr",
+        nargs="+",
+        help="label rasters written by jobs/segment_scenes.py (paths, s3:// URLs or s3:// globs)",
+    )
+    p.add_argument(
+        "--out", required=True, type=output_folder, help="folder (or s3:// prefix) for the GeoTIFFs"
+    )
     p.add_argument("--probabilities", action="store_true", help="also export probabilities")
     p.add_argument("--quicklook", type=int, default=None, metavar="PX", help="PNG preview size")
     p.add_argument(
@@ -40,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     failed = 0
-    for path in args.zarr:
+    for path in expand_urls(args.zarr):
         try:
             done = export_cog(
                 path,

@@ -29,7 +29,7 @@ import sys
 
 from fcnrs.gis.night import write_night_polygons
 from fcnrs.gis.vectors import FORMATS, VectorSettings, vectorize
-from fcnrs.jobs.options import job_main
+from fcnrs.jobs.options import expand_urls, job_main, output_folder
 
 log = logging.getLogger("fcnrs.vectorize")
 
@@ -46,9 +46,16 @@ def non_negative(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("zarr", nargs="+", help="label rasters written by jobs/segment_scenes.py")
     p.add_argument(
-        "--out", default=None, help="folder for the files (default: vectors/ beside each raster)"
+        "zarr",
+        nargs="+",
+        help="label rasters written by jobs/segment_scenes.py (paths, s3:// URLs or s3:// globs)",
+    )
+    p.add_argument(
+        "--out",
+        type=output_folder,
+        default=None,
+        help="folder or s3:// prefix for the files (default: vectors/ beside each raster)",
     )
     p.add_argument("--format", choices=sorted(FORMATS), default="parquet", help="file format")
     p.add_argument(
@@ -76,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = VectorSettings(simplify=args.simplify, min_area_m2=args.min_area)
     failed = 0
-    for path in args.zarr:
+    for path in expand_urls(args.zarr):
         try:
             done = vectorize(path, args.out, fmt=args.format, settings=settings, force=args.force)
         except Exception as exc:  # one bad scene fails alone
