@@ -13,7 +13,9 @@ longer side. A bad input fails alone and is named; the others are exported.
 A GeoTIFF already exported from the very same label raster (its
 SOURCE_FINGERPRINT tag: model, settings, source file, grid) is kept, so a
 nightly run redoes only re-segmented scenes; ``--force`` rewrites it anyway.
-Prints every output path. Exit status: 0 all exported, 1 some failed.
+Prints every output path. Exit status: 0 all exported, 1 some failed, 2 an
+s3:// glob cannot be listed. Label rasters and ``--out`` may be in S3
+(``'s3://bucket/out/*.zarr'`` globs too).
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     failed = 0
-    for path in expand_urls(args.zarr):
+    try:
+        paths = expand_urls(args.zarr)
+    except OSError as exc:  # an s3:// glob's listing: no such bucket, access denied
+        log.error("%s", exc)
+        return 2
+    for path in paths:
         try:
             done = export_cog(
                 path,
