@@ -1,10 +1,10 @@
-"""The nightly job against object storage that misbehaves: a proxy of the tests'
-own (``tests/s3proxy.py``, in its own process, on loopback) stands between the
-job and the real S3 server (``weed mini``) and injects 503 SlowDown, 429, 500,
+"""The jobs against object storage that misbehaves: a proxy of the tests' own
+(``tests/s3proxy.py``, in its own process, on loopback) stands between the jobs
+and the real S3 server (``weed mini``) and injects 503 SlowDown, 429, 500,
 dropped connections and stalled responses into reads, writes and listings of
-both clients (GDAL's ``/vsis3/`` for scenes, obstore for everything else), or
-refuses requests for good (403). Every fault test is bounded: a fixed number of
-faults (every N-th request of a kind, at most M) and a time limit."""
+both clients (GDAL's ``/vsis3/``, obstore for everything else), or refuses
+requests for good (403). Every fault test is bounded: a fixed number of faults
+(every N-th request of a kind, at most M) and a time limit."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import collections
 import time
 import uuid
 
+import numpy as np
 import pytest
+from rasterio.transform import from_origin
 
+from fcnrs.jobs.cli import main as fcnrs
 from fcnrs.jobs.segment_scenes import main
 from fcnrs.pipeline import storage
 from fcnrs.pipeline.distributed import run_scenes
@@ -21,6 +24,7 @@ from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.storage import Location
 from tests.files import tree_bytes
+from tests.gis.test_mosaic import A_ORIGIN, B_ORIGIN, UTM33, blocks
 
 pytestmark = pytest.mark.s3
 SETTINGS = SegmentSettings(tile_size=64, overlap=32, batch_size=2, precision="fp32")
@@ -179,3 +183,63 @@ def test_a_refused_scene_fails_fast_and_alone_naming_the_url(night, s3_proxy, s3
     asked = collections.Counter(e["agent"] for e in proxy.entries() if e["fault"] == "403")
     assert 1 <= max(asked.values()) <= 3, asked
     assert arrays(f"{base}/out", "a.zarr/") == arrays(local, "a.zarr/")
+
+
+GIS_FAULTS = (
+    "503:every=7",
+    "429:every=11",
+    "drop:every=13",
+    "500:every=29",
+    r"stall:every=3,agent=GDAL,ops=read,max=1,match=\.tif$",
+)
+
+
+def test_the_gis_commands_write_the_same_files_through_the_same_faults(
+    s3_server, s3_proxy, make_labels, tmp_path, monkeypatch
+):
+    local, remote = tmp_path / "out", f"s3://fcnrs/{uuid.uuid4().hex[:10]}/out"
+    for name, origin, seed in (("a", A_ORIGIN, 0), ("b", B_ORIGIN, 1)):
+        for out in (local, Location(remote)):
+            make_labels(blocks(200, 300, seed), name=f"{name}.zarr", out_dir=out, crs=UTM33,
+                        transform=from_origin(*origin, 10, 10), tile_size=64)  # fmt: skip
+    commands = [
+        ["export", "{out}/a.zarr", "{out}/b.zarr", "--out", "{out}/cogs", "--quicklook", "64"],
+        ["vectorize", "{out}/a.zarr", "{out}/b.zarr"],
+        ["areas", "{out}", "--format", "csv", "--output", "{out}/areas.csv"],
+        ["mosaic", "{out}"],
+        ["catalog", "{out}"],
+    ]
+    for command in commands:
+        assert fcnrs([a.format(out=local) for a in command]) == 0
+    monkeypatch.setattr(storage, "S3_REQUEST_TIMEOUT", 2)
+    proxy = s3_proxy(*GIS_FAULTS, stall_seconds=4)
+    t0 = time.perf_counter()
+    for command in commands:
+        assert fcnrs([a.format(out=remote) for a in command]) == 0, command
+    seconds = time.perf_counter() - t0
+    entries = proxy.entries()
+    kinds = collections.Counter(e["fault"] for e in entries if e["fault"])
+    assert set(kinds) == {"503", "429", "drop", "500", "stall"} and seconds < 60, kinds
+    assert retried(entries) == []
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    there, here = tree_bytes(remote), tree_bytes(local)
+    for key in ("cogs/a.tif", "cogs/a.tif.aux.xml", "cogs/b.png", "vectors/b.parquet"):
+        assert there[key] == here[key], key
+    assert there["areas.csv"].replace(remote.encode(), str(local).encode()) == here["areas.csv"]
+    assert {k for k in there if k.startswith(("stac/", "mosaic/"))} == {
+        k for k in here if k.startswith(("stac/", "mosaic/"))
+    }
+
+
+def test_a_large_upload_survives_faults_on_its_parts(s3_proxy, tmp_path):
+    """A file over obstore's 5 MB part size goes up as a multipart upload: its
+    parts are retried alone, and the object appears only once whole."""
+    proxy = s3_proxy("503:every=3,ops=write", "drop:every=5,ops=write")
+    data = np.random.default_rng(0).integers(0, 255, 12 * 2**20, dtype=np.uint8).tobytes()
+    (tmp_path / "big.bin").write_bytes(data)
+    where = Location(f"s3://fcnrs/{uuid.uuid4().hex[:10]}/big.bin")
+    where.upload(tmp_path / "big.bin")
+    methods = collections.Counter((e["method"], e["query"][:7]) for e in proxy.entries())
+    assert methods["POST", "uploads"] >= 1 and methods["PUT", "partNum"] >= 3, methods
+    assert len(proxy.faults()) >= 2 and retried(proxy.entries()) == []
+    assert where.read_bytes() == data
