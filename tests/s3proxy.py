@@ -10,7 +10,7 @@ some of them with a fault instead. Each rule
 ``--fault KIND:every=N[,ops=A+B][,max=M][,match=TEXT][,agent=NAME]`` counts the
 requests it applies to (``ops``: ``read`` = GET and HEAD, ``write`` = PUT, POST
 and DELETE, ``list`` = a GET with a listing query, default all three;
-``match``: a regular expression the path must contain; ``agent``: the client, the first word of
+``match``: a regular expression that ``path`` or ``path?query`` must contain; ``agent``: the client, the first word of
 its User-Agent, e.g. ``GDAL`` or ``object_store``) and injects its fault into
 every N-th of them, at most M times; the first rule that fires wins:
 
@@ -24,8 +24,9 @@ every N-th of them, at most M times; the first rule that fires wins:
 
 Every request is logged as one JSON line (``seq``: its number in order of
 arrival, ``op``, ``method``, ``path``, ``query``, ``agent``, ``fault``,
-``status``, ``ms``), written as it finishes (a retry of a stalled request may
-finish first), so a test reads what was injected and what was retried. It runs in a process
+``status``, ``ms``), written once its answer is known and before the client
+gets it (a retry of a stalled request may come first), so a test reads what
+was injected and what was retried. It runs in a process
 of its own: rasterio holds the GIL during some of GDAL's network calls, so a
 proxy thread inside the process that calls GDAL would stall with it. Stopped
 by SIGTERM.
@@ -167,14 +168,17 @@ class Handler(BaseHTTPRequestHandler):
         op = operation(self.command, parts.query)
         body = self._body()
         agent = (self.headers.get("User-Agent") or "-").split("/")[0].split()[0]
-        seq, fault = self.state.decide(op, parts.path, agent)
+        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        seq, fault = self.state.decide(op, target, agent)
         entry = {"seq": seq, "op": op, "method": self.command, "path": parts.path}
         entry |= {"query": parts.query, "agent": agent, "fault": fault}
+        # Each line is logged before the client gets its answer (or its reset), so
+        # a client that has it finds it in the log.
         if fault in ("drop", "stall"):
             if fault == "stall":
                 time.sleep(self.state.stall_seconds)
-            self._reset()
             self.state.record(**entry, status=None, ms=_ms(started))
+            self._reset()
             return
         if fault is not None:
             status, code, message = _ERRORS[fault]
@@ -183,6 +187,7 @@ class Handler(BaseHTTPRequestHandler):
                 f"<Error><Code>{code}</Code><Message>{message}</Message>"
                 f"<Resource>{parts.path}</Resource><RequestId>fault-{seq}</RequestId></Error>"
             ).encode()
+            self.state.record(**entry, status=status, ms=_ms(started))
             self.send_response(status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(payload)))
@@ -191,7 +196,6 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)
-            self.state.record(**entry, status=status, ms=_ms(started))
             return
         upstream = http.client.HTTPConnection(*self.state.upstream, timeout=120)
         try:
@@ -201,6 +205,7 @@ class Handler(BaseHTTPRequestHandler):
             upstream.request(self.command, self.path, body=body or None, headers=headers)
             reply = upstream.getresponse()
             data = reply.read()
+            self.state.record(**entry, status=reply.status, ms=_ms(started))
             self.send_response(reply.status, reply.reason)
             for key, value in reply.getheaders():
                 if key.lower() not in _HOP and key.lower() != "content-length":
@@ -212,7 +217,6 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
-            self.state.record(**entry, status=reply.status, ms=_ms(started))
         finally:
             upstream.close()
 
