@@ -121,6 +121,13 @@ def test_vectorize_writes_geoparquet_to_s3(nights, capsys):
     etag = Location(f"{remote}/vectors/b.parquet").head()["etag"]
     assert fcnrs(["vectorize", f"{remote}/*.zarr"]) == 0
     assert Location(f"{remote}/vectors/b.parquet").head()["etag"] == etag
+    # The night's layer (each ground pixel once) is written beside the S3 mosaic.
+    assert fcnrs(["vectorize", *(str(p) for p in sorted(local.glob("*.zarr"))), "--night"]) == 0
+    assert fcnrs(["vectorize", f"{remote}/*.zarr", "--night"]) == 0
+    night = pq.read_table(io.BytesIO(Location(f"{remote}/mosaic/polygons.parquet").read_bytes()))
+    assert night.num_rows > 10 and night.equals(
+        pq.read_table(local / "mosaic" / "polygons.parquet")
+    )
 
 
 def test_mosaic_in_s3_points_at_vsis3_cogs(nights, capsys):
