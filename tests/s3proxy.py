@@ -23,7 +23,7 @@ every N-th of them, at most M times; the first rule that fires wins:
 - ``403``: ``403 AccessDenied`` (a permanent error: a client must not retry it).
 
 Every request is logged as one JSON line (``seq``: its number in order of
-arrival, ``op``, ``method``, ``path``, ``query``, ``agent``, ``fault``,
+arrival, ``op``, ``method``, ``path``, ``query``, ``range``, ``agent``, ``fault``,
 ``status``, ``ms``), written once its answer is known and before the client
 gets it (a retry of a stalled request may come first), so a test reads what
 was injected and what was retried. It runs in a process
@@ -171,7 +171,8 @@ class Handler(BaseHTTPRequestHandler):
         target = f"{parts.path}?{parts.query}" if parts.query else parts.path
         seq, fault = self.state.decide(op, target, agent)
         entry = {"seq": seq, "op": op, "method": self.command, "path": parts.path}
-        entry |= {"query": parts.query, "agent": agent, "fault": fault}
+        entry |= {"query": parts.query, "range": self.headers.get("Range"), "agent": agent}
+        entry["fault"] = fault
         # Each line is logged before the client gets its answer (or its reset), so
         # a client that has it finds it in the log.
         if fault in ("drop", "stall"):
