@@ -38,10 +38,29 @@ from urllib.parse import urlsplit
 #: Retries of a request to object storage, and the longest it may keep retrying.
 S3_RETRIES = 6
 S3_RETRY_TIMEOUT = timedelta(seconds=120)
-#: Seconds a request may take to connect, and in all, before it is abandoned and
-#: retried (a stalled server), for obstore and GDAL alike.
+#: Seconds a request may take to connect, and in all by default, before it is
+#: abandoned and retried (a stalled server), for obstore, GDAL and pyarrow alike.
 S3_CONNECT_TIMEOUT = 10
 S3_REQUEST_TIMEOUT = 60
+#: The variable that changes the request timeout (seconds), read when a client is
+#: configured, so that every process of a run (the local engine's worker, Ray's)
+#: follows it.
+TIMEOUT_ENV = "FCNRS_S3_TIMEOUT"
+
+
+def request_timeout() -> float:
+    """Seconds a request to object storage may take in all: ``$FCNRS_S3_TIMEOUT``,
+    else :data:`S3_REQUEST_TIMEOUT`."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else float(S3_REQUEST_TIMEOUT)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give a number of seconds above 0")
+    return seconds
+
+
 _LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 _stores: dict[tuple[Any, ...], Any] = {}
@@ -70,7 +89,7 @@ def sync_gdal_env() -> None:
         "GDAL_HTTP_MAX_RETRY": str(S3_RETRIES),
         "GDAL_HTTP_RETRY_DELAY": "0.5",
         "GDAL_HTTP_CONNECTTIMEOUT": str(S3_CONNECT_TIMEOUT),
-        "GDAL_HTTP_TIMEOUT": str(S3_REQUEST_TIMEOUT),
+        "GDAL_HTTP_TIMEOUT": f"{request_timeout():g}",
         # Cache an object's bytes while it is open, not after: a scene replaced in
         # the bucket is read anew by the next handle, never from this process's
         # old copy.
@@ -146,7 +165,7 @@ def _store(bucket: str, prefix: str = "") -> Any:
     # (another profile, a rotated key) builds another. Only a digest is kept.
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
     secret = hashlib.sha256("|".join(os.environ.get(n, "") for n in names).encode()).hexdigest()
-    timeouts = (S3_CONNECT_TIMEOUT, S3_REQUEST_TIMEOUT)
+    timeouts = (S3_CONNECT_TIMEOUT, request_timeout())
     key = (bucket, prefix, endpoint, secret, timeouts)
     with _lock:
         store = _stores.get(key)
@@ -162,7 +181,7 @@ def _store(bucket: str, prefix: str = "") -> Any:
                 client_options={
                     "allow_http": endpoint.startswith("http://"),
                     "connect_timeout": timedelta(seconds=S3_CONNECT_TIMEOUT),
-                    "timeout": timedelta(seconds=S3_REQUEST_TIMEOUT),
+                    "timeout": timedelta(seconds=timeouts[1]),
                 },
                 retry_config={
                     "max_retries": S3_RETRIES,
@@ -454,7 +473,7 @@ def arrow_filesystem() -> Any:
     options: dict[str, Any] = {
         "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRIES + 1),
         "connect_timeout": S3_CONNECT_TIMEOUT,
-        "request_timeout": S3_REQUEST_TIMEOUT,
+        "request_timeout": request_timeout(),
     }
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:

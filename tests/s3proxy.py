@@ -23,7 +23,7 @@ every N-th of them, at most M times; the first rule that fires wins:
 - ``403``: ``403 AccessDenied`` (a permanent error: a client must not retry it).
 
 Every request is logged as one JSON line (``seq``: its number in order of
-arrival, ``op``, ``method``, ``path``, ``query``, ``range``, ``agent``, ``fault``,
+arrival, ``t``: its arrival in seconds since the proxy started, ``op``, ``method``, ``path``, ``query``, ``range``, ``agent``, ``fault``,
 ``status``, ``ms``), written once its answer is known and before the client
 gets it (a retry of a stalled request may come first), so a test reads what
 was injected and what was retried. It runs in a process
@@ -113,6 +113,7 @@ class State:
     log: object
     lock: threading.Lock = field(default_factory=threading.Lock)
     seq: int = 0
+    started: float = field(default_factory=time.monotonic)
 
     def decide(self, op: str, path: str, agent: str) -> tuple[int, str | None]:
         with self.lock:
@@ -170,15 +171,17 @@ class Handler(BaseHTTPRequestHandler):
         agent = (self.headers.get("User-Agent") or "-").split("/")[0].split()[0]
         target = f"{parts.path}?{parts.query}" if parts.query else parts.path
         seq, fault = self.state.decide(op, target, agent)
-        entry = {"seq": seq, "op": op, "method": self.command, "path": parts.path}
+        entry = {"seq": seq, "t": round(started - self.state.started, 3), "op": op}
+        entry |= {"method": self.command, "path": parts.path}
         entry |= {"query": parts.query, "range": self.headers.get("Range"), "agent": agent}
         entry["fault"] = fault
         # Each line is logged before the client gets its answer (or its reset), so
         # a client that has it finds it in the log.
         if fault in ("drop", "stall"):
-            if fault == "stall":
-                time.sleep(self.state.stall_seconds)
-            self.state.record(**entry, status=None, ms=_ms(started))
+            # (A stall is logged as it starts, with the time it will hold.)
+            held = self.state.stall_seconds if fault == "stall" else 0
+            self.state.record(**entry, status=None, ms=_ms(started) + round(held * 1000))
+            time.sleep(held)
             self._reset()
             return
         if fault is not None:

@@ -18,7 +18,6 @@ from rasterio.transform import from_origin
 
 from fcnrs.jobs.cli import main as fcnrs
 from fcnrs.jobs.segment_scenes import main
-from fcnrs.pipeline import storage
 from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import SegmentSettings
@@ -144,7 +143,7 @@ def test_slowdown_429_500_and_dropped_connections_are_retried_to_the_same_labels
     assert faults["500", "write"] + faults["500", "read"] + faults["500", "list"] >= 1
     injected = sum(faults.values())
     # Bounded: about one request in eight failed, and the night still took seconds.
-    assert 40 <= injected <= len(entries) // 5 and seconds < 90, (injected, len(entries))
+    assert 40 <= injected <= len(entries) // 5 and seconds < 180, (injected, len(entries))
     # Retries are quick: none of them waited on a timeout.
     assert max(e["ms"] for e in entries) < 5_000
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # read the results directly
@@ -168,9 +167,10 @@ def test_responses_stalled_past_the_timeout_are_abandoned_and_retried(
     night, s3_proxy, s3_server, monkeypatch
 ):
     base, local = night
-    # Requests of either client give up after 2 s (GDAL_HTTP_TIMEOUT and obstore's
-    # timeout both follow S3_REQUEST_TIMEOUT); the proxy holds a stalled one for 5 s.
-    monkeypatch.setattr(storage, "S3_REQUEST_TIMEOUT", 2)
+    # Requests of either client, in every process of the run, give up after 3 s
+    # (FCNRS_S3_TIMEOUT sets obstore's timeout and GDAL_HTTP_TIMEOUT); the proxy
+    # holds a stalled one for 30 s, then resets it.
+    monkeypatch.setenv("FCNRS_S3_TIMEOUT", "3")
     proxy = s3_proxy(
         # GDAL's reads of a scene's bytes; not its probes for sidecar files (GDAL
         # does not retry a probe that timed out: it takes the file for absent).
@@ -178,7 +178,7 @@ def test_responses_stalled_past_the_timeout_are_abandoned_and_retried(
         "stall:every=10,agent=object_store,ops=read,max=1",
         "stall:every=50,ops=write,max=1",
         "stall:every=3,ops=list,max=1",
-        stall_seconds=5,
+        stall_seconds=30,
     )
     status, seconds = segment(base, f"{base}/out")
     assert status == 0
@@ -187,8 +187,17 @@ def test_responses_stalled_past_the_timeout_are_abandoned_and_retried(
     assert collections.Counter(op for _, op in stalled) == {"read": 2, "write": 1, "list": 1}
     assert {agent for agent, op in stalled if op == "read"} == {"GDAL", "object_store"}
     assert not not_retried(entries), not_retried(entries)
-    # Four stalls cost about 2 s each (the timeout), not 5 s (the stall), nor minutes.
-    assert seconds < 60
+    # Each stalled request was given up after the timeout and made again long
+    # before the proxy gave up on it: 3 s after it, not 30 s.
+    for e in entries:
+        if e["fault"] == "stall":
+            retry = min(
+                f["t"]
+                for f in entries
+                if f["seq"] > e["seq"] and (f["method"], f["path"]) == (e["method"], e["path"])
+            )
+            assert 2.9 <= retry - e["t"] < 30, (e, retry)
+    assert seconds < 180  # a guard against retrying for minutes
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     same_labels(f"{base}/out", local)
 
@@ -197,7 +206,7 @@ def test_a_refused_scene_fails_fast_and_alone_naming_the_url(night, s3_proxy, s3
     base, local = night
     proxy = s3_proxy("403:every=1,match=/scenes/b.tif")
     status, seconds = segment(base, f"{base}/out")
-    assert status == 1 and seconds < 30
+    assert status == 1 and seconds < 60
     rows = {r["scene"]: r for r in read_manifest(f"{base}/out").to_pylist()}
     assert rows[f"{base}/scenes/a.tif"]["status"] == "done"
     refused = rows[f"{base}/scenes/b.tif"]
@@ -212,7 +221,7 @@ def test_a_refused_scene_fails_fast_and_alone_naming_the_url(night, s3_proxy, s3
 GIS_FAULTS = (
     # GDAL's reads of COGs and VRTs (a fingerprint, the mosaic's grid), not its
     # probes for sidecars, which it does not retry (see above).
-    r"stall:every=3,agent=GDAL,ops=read,max=1,match=\.(tif|vrt)$",
+    r"stall:every=1,agent=GDAL,ops=read,max=1,match=\.(tif|vrt)$",
     r"503:every=4,agent=GDAL,ops=read,match=\.(tif|vrt)$",
     # obstore: label rasters, uploads, listings, the manifest.
     "503:every=7,agent=object_store",
@@ -239,15 +248,15 @@ def test_the_gis_commands_write_the_same_files_through_the_same_faults(
     ]
     for command in commands:
         assert fcnrs([a.format(out=local) for a in command]) == 0
-    monkeypatch.setattr(storage, "S3_REQUEST_TIMEOUT", 2)
-    proxy = s3_proxy(*GIS_FAULTS, stall_seconds=4)
+    monkeypatch.setenv("FCNRS_S3_TIMEOUT", "3")
+    proxy = s3_proxy(*GIS_FAULTS, stall_seconds=30)
     t0 = time.perf_counter()
     for command in commands:
         assert fcnrs([a.format(out=remote) for a in command]) == 0, command
     seconds = time.perf_counter() - t0
     entries = proxy.entries()
     kinds = collections.Counter(e["fault"] for e in entries if e["fault"])
-    assert set(kinds) == {"503", "429", "drop", "500", "stall"} and seconds < 60, kinds
+    assert set(kinds) == {"503", "429", "drop", "500", "stall"} and seconds < 180, kinds
     assert not not_retried(entries), not_retried(entries)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     there, here = tree_bytes(remote), tree_bytes(local)
