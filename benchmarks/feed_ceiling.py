@@ -85,13 +85,15 @@ def aerial_scene(path: Path, size: int, *, seed: int = 7, strip: int = 1024) -> 
 
 
 class Sampler(threading.Thread):
-    """Samples the machine's CPU busy share and the job tree's summed RSS."""
+    """Samples the machine's CPU busy share, the job tree's summed RSS and each of
+    its processes' CPU time."""
 
     def __init__(self, pid: int, every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.root, self.every = psutil.Process(pid), every
         self.cpu: list[tuple[float, float]] = []  # (time, busy share since the last)
         self.rss: list[tuple[float, int]] = []
+        self.procs: list[tuple[float, dict[int, tuple[str, float]]]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -99,7 +101,7 @@ class Sampler(threading.Thread):
         while not self.stop.wait(self.every):
             now = time.time()
             self.cpu.append((now, psutil.cpu_percent() / 100))
-            total = 0
+            total, times = 0, {}
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
@@ -107,9 +109,24 @@ class Sampler(threading.Thread):
             for proc in procs:
                 try:
                     total += proc.memory_info().rss
+                    t = proc.cpu_times()
+                    times[proc.pid] = (proc.name(), t.user + t.system)
                 except psutil.Error:
                     pass
             self.rss.append((now, total))
+            self.procs.append((now, times))
+
+    def cpu_by_process(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each kind of process (its title: ``ray::PredictStage``,
+        ``raylet``, ...) spent between two times."""
+        before = next((p for t, p in self.procs if t >= start), {})
+        after = next((p for t, p in reversed(self.procs) if t <= end + self.every), {})
+        spent: dict[str, float] = collections.Counter()
+        for pid, (name, cpu) in after.items():
+            spent[f"{name} ({'new' if pid not in before else 'running'})"] += (
+                cpu - before.get(pid, (name, 0.0))[1]
+            )
+        return dict(spent)
 
     def busy(self, start: float, end: float) -> float:
         inside = [c for t, c in self.cpu if start < t <= end + self.every]
@@ -117,6 +134,18 @@ class Sampler(threading.Thread):
 
     def peak_rss(self) -> float:
         return max((r for _, r in self.rss), default=0) / 2**20
+
+
+def checkout_path(checkout: Path, work: Path) -> Path:
+    """A folder that makes ``import fcnrs.<room>`` load another checkout's code
+    (its rooms as the ``fcnrs`` namespace's packages), to measure it beside this one."""
+    root = work / f"pkg-{checkout.name}" / "fcnrs"
+    root.mkdir(parents=True, exist_ok=True)
+    for room in ("fcn_model", "pipeline", "training", "gis", "demo", "jobs"):
+        link = root / room
+        if not link.exists():
+            link.symlink_to(checkout / room)
+    return root.parent
 
 
 def run_job(
@@ -128,18 +157,24 @@ def run_job(
     profile: Path | None = None,
     *,
     zero_cost: bool = True,
+    checkout: tuple[Path, Path] | None = None,
+    in_process: bool = False,
 ) -> tuple[float, Sampler, str]:
     """Run the job as its own process (the shim on its path); returns its wall
-    seconds, the CPU and memory samples, and its output."""
+    seconds, the CPU and memory samples, and its output. ``checkout``: another
+    checkout's job script and the path that imports its code."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")]))
+    paths = [str(SHIM), str(checkout[1]) if checkout else "", env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["FCNRS_FEED_STATS"] = str(stats)
     env["FCNRS_ZERO_COST"] = "1" if zero_cost else "0"
-    cmd = [sys.executable, str(JOB), "--model", str(model), "--scenes", *map(str, scenes)]
+    env["FCNRS_IN_PROCESS"] = "1" if in_process else "0"
+    job = checkout[0] if checkout else JOB
+    cmd = [sys.executable, str(job), "--model", str(model), "--scenes", *map(str, scenes)]
     cmd += ["--out", str(out), "--engine", engine]
     if profile is not None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        spy_cmd = [spy, "record", "--subprocesses", "--rate", "50", "--format", "raw"]
+        spy_cmd = [spy, "record", "--subprocesses", "--rate", "100", "--format", "raw"]
         cmd = [*spy_cmd, "--nonblocking", "--output", str(profile), "--", *cmd]
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -154,17 +189,21 @@ def run_job(
     return wall, sampler, output.decode()
 
 
-def read_stats(stats: Path) -> tuple[dict[str, float], dict[str, int]]:
+def read_stats(stats: Path) -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
+    """The run's timestamps, the bytes each stage handed on, and the CPU seconds
+    of the stage calls' own threads."""
     marks: dict[str, float] = {}
     for f in stats.glob("run-*.json"):
         marks = json.loads(f.read_text())
     moved: dict[str, int] = collections.Counter()
+    cpu: dict[str, float] = collections.Counter()
     for f in stats.glob("bytes-*.txt"):
         for line in f.read_text().split("\n"):
             if line:
-                stage, n = line.split()
+                stage, n, seconds = line.split()[:3]
                 moved[stage] += int(n)
-    return marks, moved
+                cpu[stage] += float(seconds)
+    return marks, moved, cpu
 
 
 def classify(stack: str) -> str:
@@ -213,6 +252,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="also a py-spy run per engine")
     p.add_argument("--work", default=None, help="keeps the scenes between runs")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a git worktree of an earlier commit) measured "
+        "the same way, alternately with this one",
+    )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="also run the local engine's pipeline in the job's own process (as "
+        "before its worker process), to measure what the worker costs",
+    )
     args = p.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="feed_ceiling_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -223,34 +275,68 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         scene = aerial_scene(work / f"aerial{size}.tif", size)
         mpx = size * size / 1e6
+        versions: list[tuple[str, tuple[Path, Path] | None]] = [("this", None)]
+        if args.in_process:
+            versions.append(("in-process", None))
+        if args.baseline:
+            base = args.baseline.resolve()
+            versions.insert(
+                0, ("baseline", (base / "jobs" / "segment_scenes.py", checkout_path(base, work)))
+            )
+        for engine, k, (version, checkout) in (
+            (e, k, v)
+            for e in args.engines
+            for k in range(args.repeats)
+            for v in versions
+            if not (v[0] == "in-process" and e != "local")
+        ):
+            stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
+            out = work / f"out-{engine}-{size}-{k}"
+            shutil.rmtree(out, ignore_errors=True)
+            wall, sampler, _ = run_job(
+                [scene],
+                model,
+                out,
+                engine,
+                stats,
+                checkout=checkout,
+                in_process=version == "in-process",
+            )
+            marks, moved, stage_cpu = read_stats(stats)
+            seconds = marks["end"] - marks["first_submit"]
+            row = dict(
+                version=version,
+                engine=engine,
+                size=size,
+                mpx_s=mpx / seconds,
+                seconds=seconds,
+                wall=wall,
+                busy=sampler.busy(marks["first_submit"], marks["end"]),
+                rss=sampler.peak_rss(),
+                read_bpp=moved["read"] / (mpx * 1e6),
+                predict_bpp=moved["predict"] / (mpx * 1e6),
+            )
+            rows.append(row)
+            by_process = sampler.cpu_by_process(marks["first_submit"], marks["end"])
+            calls = ", ".join(f"{k} {v:.2f}" for k, v in sorted(stage_cpu.items()))
+            print(f"  CPU seconds of the stage calls (their own threads): {calls}")
+            print(
+                "  CPU seconds in the pipeline by process: "
+                + ", ".join(
+                    f"{k} {v:.2f}"
+                    for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])
+                    if v >= 0.05
+                )
+            )
+            print(
+                f"{version} {engine:>5} {size}²: {row['mpx_s']:.1f} Mpx/s over {seconds:.2f} s "
+                f"(wall {wall:.1f} s), CPU busy {row['busy']:.0%}, peak RSS "
+                f"{row['rss']:.0f} MiB, read->predict {row['read_bpp']:.2f} B/px, "
+                f"predict->write {row['predict_bpp']:.2f} B/px",
+                flush=True,
+            )
+            shutil.rmtree(out, ignore_errors=True)
         for engine in args.engines:
-            for k in range(args.repeats):
-                stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
-                out = work / f"out-{engine}-{size}-{k}"
-                shutil.rmtree(out, ignore_errors=True)
-                wall, sampler, _ = run_job([scene], model, out, engine, stats)
-                marks, moved = read_stats(stats)
-                seconds = marks["end"] - marks["first_submit"]
-                row = dict(
-                    engine=engine,
-                    size=size,
-                    mpx_s=mpx / seconds,
-                    seconds=seconds,
-                    wall=wall,
-                    busy=sampler.busy(marks["first_submit"], marks["end"]),
-                    rss=sampler.peak_rss(),
-                    read_bpp=moved["read"] / (mpx * 1e6),
-                    predict_bpp=moved["predict"] / (mpx * 1e6),
-                )
-                rows.append(row)
-                print(
-                    f"{engine:>5} {size}²: {row['mpx_s']:.1f} Mpx/s over {seconds:.2f} s "
-                    f"(wall {wall:.1f} s), CPU busy {row['busy']:.0%}, peak RSS "
-                    f"{row['rss']:.0f} MiB, read->predict {row['read_bpp']:.2f} B/px, "
-                    f"predict->write {row['predict_bpp']:.2f} B/px",
-                    flush=True,
-                )
-                shutil.rmtree(out, ignore_errors=True)
             if args.profile:
                 stats = Path(tempfile.mkdtemp(prefix="stats_", dir=work))
                 raw = work / f"profile-{engine}-{size}.txt"
@@ -260,13 +346,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nprofile, {engine} engine, {size}² (py-spy, all processes):")
                 print(profile_table(raw), flush=True)
     print(
-        "\n| engine | scene | output Mpx/s | pipeline s | wall s | CPU busy | peak RSS | "
+        "\n| version | engine | scene | output Mpx/s | pipeline s | wall s | CPU busy | peak RSS | "
         "read→predict B/px | predict→write B/px |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
-            f"| {r['engine']} | {r['size']}² | {r['mpx_s']:.1f} | {r['seconds']:.2f} | "
+            f"| {r['version']} | {r['engine']} | {r['size']}² | {r['mpx_s']:.1f} | {r['seconds']:.2f} | "
             f"{r['wall']:.1f} | {r['busy']:.0%} | {r['rss']:.0f} MiB | {r['read_bpp']:.2f} | "
             f"{r['predict_bpp']:.2f} |"
         )

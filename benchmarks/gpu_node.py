@@ -128,7 +128,7 @@ def end_to_end(scenes: list[Path], ckpt: Path, out: Path, engine: str, stats: Pa
     wall, host, _ = run_job(scenes, ckpt, out, engine, stats, zero_cost=False)
     gpu.stop.set()
     gpu.join()
-    marks, _ = read_stats(stats)
+    marks, _, _ = read_stats(stats)
     start, end = marks["first_submit"], marks["end"]
     return dict(
         pipeline=end - start,

@@ -36,10 +36,10 @@ import zarr
 
 from fcnrs.demo.scenes import random_checkpoint
 from fcnrs.fcn_model import read_meta
+from fcnrs.pipeline.batch_reading import SceneReader
 from fcnrs.pipeline.distributed.local import available_cpus
 from fcnrs.pipeline.inference import Predictor, resolve_precision
 from fcnrs.pipeline.planning import plan_batches
-from fcnrs.pipeline.reading import SceneReader
 from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import train_in_process

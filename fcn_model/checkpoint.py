@@ -9,8 +9,10 @@ and where the weights came from.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
+import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -243,9 +245,24 @@ def load_checkpoint(
 
 
 def checkpoint_digest(path: str | PathLike[str]) -> str:
-    """SHA-256 of the checkpoint file: the model's identity in outputs and manifests."""
+    """The model's identity in outputs and manifests: a SHA-256 of its weights
+    (every tensor's name, dtype, shape and bytes) and of the metadata that shape
+    its labels (architecture, bands, classes and colours, normalisation), but not
+    of its provenance. Re-saving the same weights (another ``created`` time,
+    another machine) keeps the identity, so finished scenes stay skipped; any
+    change to a weight or to what the labels mean changes it."""
+    path = Path(path)
     h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
+    with path.open("rb") as fh:
+        try:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+            meta = json.loads(header.pop("__metadata__", {}).get("meta", "{}"))
+        except (ValueError, AttributeError, struct.error) as exc:
+            raise CheckpointError(f"{path}: not a readable checkpoint header ({exc}).") from exc
+        meta.pop("provenance", None)
+        h.update(json.dumps(header, sort_keys=True).encode())
+        h.update(json.dumps(meta, sort_keys=True).encode())
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

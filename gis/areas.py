@@ -16,7 +16,9 @@ Pixel areas:
 
 A bounding box (in its own CRS) is densified and reprojected into each scene's
 CRS; a pixel counts when its centre lies inside it. Nodata (255) is never counted.
-The published scenes of a folder are listed by :func:`fcnrs.gis.rasters.find_outputs`.
+The published scenes of a folder, local or in S3, are listed by
+:func:`fcnrs.gis.rasters.find_outputs`; chunks are read through the same zarr
+store the pipeline wrote them with.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from rasterio.transform import Affine
 
 from fcnrs.pipeline.labels import NODATA
 from fcnrs.pipeline.planning import Window
+from fcnrs.pipeline.storage import Location
 
 from .rasters import LabelRaster, open_label_raster
 
@@ -132,7 +135,7 @@ def _scene_tasks(raster: LabelRaster, bbox: Sequence[float] | None, bbox_crs: CR
         if c0 >= c1 or r0 >= r1:  # the box misses the scene
             return []
         window = Window(r0, c0, r1 - r0, c1 - c0)
-    labels = da.from_zarr(str(raster.path), component="labels")
+    labels = da.from_zarr(raster.labels)  # local or S3: the array opened through its store
     r0, c0 = window.row, window.col
     part = labels[window.slices()]
     rows = np.cumsum((r0, *part.chunks[0]))
@@ -148,7 +151,7 @@ def _scene_tasks(raster: LabelRaster, bbox: Sequence[float] | None, bbox_crs: CR
 
 
 def query_areas(
-    outputs: Iterable[str | PathLike[str]],
+    outputs: Iterable[str | PathLike[str] | Location],
     *,
     bbox: Sequence[float] | None = None,
     bbox_crs: str | CRS | None = None,

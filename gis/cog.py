@@ -7,8 +7,11 @@ resampling: an overview pixel is the most frequent class below it, never an
 average of class ids. The class names go where GDAL and QGIS look for them:
 category names and a thematic raster attribute table in ``<name>.tif.aux.xml``
 (GDAL keeps both in this PAM sidecar for GeoTIFFs), and ``CLASS_<id>`` tags in
-the TIFF itself so they survive without the sidecar. Files are staged under a
-dot name and renamed into place, so a failed export never replaces a good one.
+the TIFF itself so they survive without the sidecar. Each file is published
+whole (:meth:`~fcnrs.pipeline.storage.Location.staged`: renamed into place on
+disk, one upload to ``s3://``), so a failed export never replaces a good one
+and a reader never sees a part of one. In S3 the ``.tif`` is written first,
+then its ``.aux.xml``, then the quicklook.
 
 Each GeoTIFF carries the label raster's fingerprint (``SOURCE_FINGERPRINT``, a
 digest of its model, settings, source file and grid). A re-run keeps a GeoTIFF
@@ -20,7 +23,7 @@ raster's size.
 
 from __future__ import annotations
 
-import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +43,7 @@ from fcnrs.pipeline.errors import OutputError, PipelineError
 from fcnrs.pipeline.labels import NODATA
 from fcnrs.pipeline.planning import Window
 from fcnrs.pipeline.reading import open_raster
-from fcnrs.pipeline.writing import staging_path
+from fcnrs.pipeline.storage import Location, clear_gdal_cache
 
 from .rasters import LabelRaster, open_label_raster
 
@@ -111,31 +114,40 @@ def _stage_tiff(
 
 
 @contextmanager
-def _published(dst: Path) -> Iterator[Path]:
-    """Yield the staging path of ``dst`` (:func:`~fcnrs.pipeline.writing.staging_path`),
-    rename it onto ``dst`` when the block succeeds, and always clear the staging
-    file and any PAM sidecar GDAL left beside it."""
-    partial = staging_path(dst)
-    try:
-        yield partial
-        os.replace(partial, dst)
-    finally:
-        partial.unlink(missing_ok=True)
-        Path(f"{partial}.aux.xml").unlink(missing_ok=True)
+def scratch_folder(out: Location) -> Iterator[Path]:
+    """A local folder for intermediate files: inside ``out`` on disk (the same
+    file system, a hidden name), a temporary folder for an ``s3://`` output."""
+    if not out.remote:
+        out.path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        prefix=".fcnrs-", dir=None if out.remote else out.path
+    ) as folder:
+        yield Path(folder)
 
 
-def _cog(staging_tiff: Path, dst: Path, resampling: str) -> None:
+def _cog(staging_tiff: Path, dst: Location, resampling: str) -> None:
     """GDAL's COG driver: overviews by ``resampling``, IFDs first, tiles in order."""
-    with _published(dst) as partial:
+    with dst.staged() as partial:
         gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
 
 
-def exported_from(tiff: Path, fingerprint: str) -> bool:
+def reopen(path: str | PathLike[str] | Location) -> rasterio.io.DatasetReader:
+    """Open a raster this project wrote, where it is. In S3 GDAL's HTTP cache is
+    cleared first (:func:`~fcnrs.pipeline.storage.clear_gdal_cache`): the file may
+    have been republished since this process last read it."""
+    where = Location(path)
+    if where.remote:
+        clear_gdal_cache()
+    return open_raster(str(where))
+
+
+def exported_from(tiff: str | PathLike[str] | Location, fingerprint: str) -> bool:
     """Whether ``tiff`` is an export of the label raster with this fingerprint."""
+    tiff = Location(tiff)
     if not tiff.is_file():
         return False
     try:
-        with open_raster(tiff) as src:
+        with reopen(tiff) as src:
             return src.tags().get(SOURCE_TAG) == fingerprint
     except PipelineError:  # not a GeoTIFF we can read: export again
         return False
@@ -175,16 +187,18 @@ def pam_categories(classes: tuple[str, ...], colors: tuple[tuple[int, int, int],
 
 @dataclass(frozen=True)
 class Exported:
-    labels: Path
-    probabilities: Path | None
-    quicklook: Path | None
+    """What :func:`export_cog` wrote: local paths, or Locations in S3."""
+
+    labels: Path | Location
+    probabilities: Path | Location | None
+    quicklook: Path | Location | None
     #: GeoTIFFs left as they were: already exported from this very label raster.
-    kept: tuple[Path, ...] = ()
+    kept: tuple[Path | Location, ...] = ()
 
 
 def export_cog(
-    zarr_path: str | PathLike[str],
-    out_dir: str | PathLike[str],
+    zarr_path: str | PathLike[str] | Location,
+    out_dir: str | PathLike[str] | Location,
     *,
     probabilities: bool = False,
     quicklook: int | None = None,
@@ -192,7 +206,7 @@ def export_cog(
 ) -> Exported:
     """Export one label raster to ``out_dir/<name>.tif`` (+ ``.aux.xml``), and
     optionally ``<name>_probabilities.tif`` and a ``<name>.png`` quicklook whose
-    longer side is ``quicklook`` pixels.
+    longer side is ``quicklook`` pixels. Both may be local or ``s3://``.
 
     A GeoTIFF already exported from this very raster (same fingerprint) is kept
     unless ``force``; the sidecar and the quicklook (both small) are rewritten.
@@ -200,40 +214,40 @@ def export_cog(
     raster = open_label_raster(zarr_path)
     if probabilities and raster.probabilities is None:
         raise OutputError(f"{raster.path}: has no probabilities to export.")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dst = out_dir / f"{raster.name}.tif"
-    staging = out_dir / f".{raster.name}.staging.tif"
+    out = Location(out_dir)
+    dst = out / f"{raster.name}.tif"
     tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
     tags[SOURCE_TAG] = raster.fingerprint
-    prob_dst = out_dir / f"{raster.name}_probabilities.tif" if probabilities else None
+    prob_dst = out / f"{raster.name}_probabilities.tif" if probabilities else None
     kept = []
 
-    def publish(array: zarr.Array, tiff: Path, nodata: int | None, resampling: str) -> None:
-        if not force and exported_from(tiff, raster.fingerprint):
-            kept.append(tiff)
-            return
-        _stage_tiff(array, staging, raster, nodata=nodata, tags=tags)
-        _cog(staging, tiff, resampling)
+    with scratch_folder(out) as scratch:
+        staging = scratch / f"{raster.name}.staging.tif"
 
-    try:
+        def publish(array: zarr.Array, tiff: Location, nodata: int | None, resampling: str) -> None:
+            if not force and exported_from(tiff, raster.fingerprint):
+                kept.append(tiff.native)
+                return
+            _stage_tiff(array, staging, raster, nodata=nodata, tags=tags)
+            _cog(staging, tiff, resampling)
+
         publish(raster.labels, dst, NODATA, "MODE")
         # GDAL keeps category names and attribute tables of GeoTIFFs in this sidecar.
-        with _published(Path(f"{dst}.aux.xml")) as aux:
-            aux.write_text(pam_categories(raster.classes, raster.colors))
+        aux = dst.with_name(f"{dst.name}.aux.xml")
+        aux.write_bytes(pam_categories(raster.classes, raster.colors).encode("utf-8"))
         if prob_dst:
             # Probabilities are continuous: averaging is the right overview.
             publish(raster.probabilities, prob_dst, None, "AVERAGE")
-    finally:
-        staging.unlink(missing_ok=True)
-    png = write_quicklook(dst, out_dir / f"{raster.name}.png", quicklook) if quicklook else None
-    return Exported(dst, prob_dst, png, tuple(kept))
+    png = write_quicklook(dst, out / f"{raster.name}.png", quicklook) if quicklook else None
+    return Exported(dst.native, prob_dst.native if prob_dst else None, png, tuple(kept))
 
 
-def write_quicklook(cog: str | PathLike[str], dst: str | PathLike[str], size: int) -> Path:
+def write_quicklook(
+    cog: str | PathLike[str] | Location, dst: str | PathLike[str] | Location, size: int
+) -> Path | Location:
     """A paletted PNG of a label COG, longer side ``size`` pixels, downsampled by
     mode (from the COG's overviews), nodata transparent."""
-    with open_raster(cog) as src:
+    with reopen(cog) as src:
         scale = min(1.0, size / max(src.height, src.width))
         shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
         small = src.read(1, out_shape=shape, resampling=Resampling.mode)
@@ -242,16 +256,16 @@ def write_quicklook(cog: str | PathLike[str], dst: str | PathLike[str], size: in
 
 
 def write_png(
-    labels: np.ndarray, cmap: dict[int, tuple[int, ...]], dst: str | PathLike[str]
-) -> Path:
-    """Class ids as a paletted PNG (staged, then renamed into place)."""
-    dst = Path(dst)
+    labels: np.ndarray, cmap: dict[int, tuple[int, ...]], dst: str | PathLike[str] | Location
+) -> Path | Location:
+    """Class ids as a paletted PNG (published whole, local or ``s3://``)."""
+    dst = Location(dst)
     height, width = labels.shape
-    with _published(dst) as partial, warnings.catch_warnings():
+    with dst.staged() as partial, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: no georeferencing
         with rasterio.open(
             partial, "w", driver="PNG", height=height, width=width, count=1, dtype="uint8"
         ) as out:
             out.write(labels, 1)
             out.write_colormap(1, cmap)
-    return dst
+    return dst.native

@@ -19,16 +19,16 @@ a ``GDALMultiDomainMetadata`` document, referenced from
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import struct
-import uuid
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from pyproj import CRS
+
+from fcnrs.pipeline.storage import Location
 
 #: ``PRAGMA application_id``: the ASCII bytes "GPKG".
 _APPLICATION_ID = 0x47504B47
@@ -107,7 +107,7 @@ def _srs_row(crs: CRS) -> tuple[int, tuple]:
 
 
 def write_polygons(
-    path: str | PathLike[str],
+    path: str | PathLike[str] | Location,
     *,
     layer: str,
     crs: CRS,
@@ -115,14 +115,15 @@ def write_polygons(
     fields: Sequence[str],
     rows: Sequence[Mapping[str, str]],
     xml_metadata: Mapping[str, str] | None = None,
-) -> Path:
+) -> Path | Location:
     """Write (or replace) a GeoPackage holding one polygon layer.
 
     Parameters
     ----------
     path
-        The ``.gpkg`` to write; built under a temporary name and renamed into
-        place, so a reader sees the old file or the new one.
+        The ``.gpkg`` to write, local or ``s3://``; built as a local file and
+        published whole (renamed into place, or uploaded), so a reader sees the
+        old file or the new one.
     layer
         Table name (letters, digits and ``_``).
     crs
@@ -140,16 +141,12 @@ def write_polygons(
         raise ValueError(
             f"layer and field names must be letters, digits and '_': {layer}, {fields}"
         )
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    where = Location(path)
+    with where.staged() as tmp:
         _write(tmp, layer, crs, rings, fields, rows)
         if xml_metadata:
             _write_metadata(tmp, layer, xml_metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return where.native
 
 
 def _write(

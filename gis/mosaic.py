@@ -28,8 +28,13 @@ approximate transformer (an eighth of a pixel).
 
 Where scenes overlap, the later name wins in both (the VRT's source order, the
 GTI's ``SortField``): the night's precedence rule, :func:`fcnrs.gis.night.in_precedence`,
-which whole-night areas and polygons follow too. Every path in these files is relative, so the output
-folder can be moved or copied whole. Local folders only.
+which whole-night areas and polygons follow too. In a local folder every path
+in these files is relative, so the output folder can be moved or copied whole.
+In S3 (``s3://`` output folder) the files are written under ``<out>/mosaic/``
+there and point at the COGs by their GDAL names (``/vsis3/bucket/key``): GDAL
+does not resolve a relative ``../cogs/a.tif`` against a ``/vsis3/`` VRT. Each
+file is published whole; COGs first, then the warped VRTs, then
+``labels.vrt``, then the index.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,9 +61,9 @@ from rasterio.warp import calculate_default_transform
 
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.labels import NODATA
-from fcnrs.pipeline.reading import open_raster
+from fcnrs.pipeline.storage import Location, clear_gdal_cache
 
-from .cog import attribute_table_xml, category_names_xml, colormap, export_cog, write_png
+from .cog import attribute_table_xml, category_names_xml, colormap, export_cog, reopen, write_png
 from .geopackage import write_polygons
 from .night import in_precedence, night_crs
 from .rasters import find_outputs, footprint, open_label_raster
@@ -79,7 +83,7 @@ class Tile:
     """One scene's COG as a piece of the mosaic."""
 
     name: str
-    cog: Path
+    cog: Path | Location
     crs: CRS
     transform: Affine
     width: int
@@ -117,20 +121,22 @@ class Grid:
 
 @dataclass(frozen=True)
 class Mosaic:
-    """What :func:`build_mosaic` wrote."""
+    """What :func:`build_mosaic` wrote (local paths, or Locations in S3)."""
 
-    vrt: Path
+    vrt: Path | Location
     #: The GTI tile index (GeoPackage), which GDAL >= 3.9 opens as the raster layer.
-    gti: Path
-    warped: tuple[Path, ...]
+    gti: Path | Location
+    warped: tuple[Path | Location, ...]
     crs: CRS
     tiles: tuple[str, ...]
     #: Scenes whose COG was (re)exported first.
     exported: tuple[str, ...] = ()
 
 
-def read_tile(name: str, cog: Path) -> Tile:
-    with open_raster(cog) as src:
+def read_tile(name: str, cog: str | PathLike[str] | Location) -> Tile:
+    """A COG's grid, read where it is (in S3 after clearing GDAL's cache: a
+    re-segmented scene's COG was just republished)."""
+    with reopen(cog) as src:
         if src.crs is None:
             raise OutputError(f"{cog}: has no CRS, so it cannot take part in a mosaic.")
         return Tile(name, cog, src.crs, src.transform, src.width, src.height, src.block_shapes[0])
@@ -173,34 +179,49 @@ def plan_grid(tiles: Sequence[Tile], crs: CRS) -> Grid:
     return Grid(crs, anchor_grid.transform @ Affine.translation(col, row), width, height)
 
 
+def reference(target: str | PathLike[str] | Location, folder: Location) -> tuple[str, bool]:
+    """How a file in ``folder`` names ``target``: relative to it on disk (the
+    folder can move), the GDAL name ``/vsis3/bucket/key`` in S3. Returns the
+    name and whether it is relative."""
+    target = Location(target)
+    if folder.remote or target.remote:
+        return target.gdal_path, False
+    return os.path.relpath(target.path, folder.path), True
+
+
 @dataclass(frozen=True)
 class Source:
-    """A raster placed in the VRT: its path relative to the VRT, its size and
-    block, and its window (col, row, width, height) in the mosaic grid."""
+    """A raster placed in the VRT: how the VRT names it (relative to the VRT
+    when ``relative``), its size and block, and its window (col, row, width,
+    height) in the mosaic grid."""
 
     path: str
     width: int
     height: int
     block: tuple[int, int]
     window: tuple[float, float, float, float]
+    relative: bool = True
 
 
-def native_source(tile: Tile, grid: Grid, folder: Path) -> Source:
+def native_source(tile: Tile, grid: Grid, folder: Location) -> Source:
     """A tile in the mosaic's CRS: its COG, placed as it is."""
-    path = os.path.relpath(tile.cog, folder)
-    return Source(path, tile.width, tile.height, tile.block, grid.window(tile.bounds))
+    path, relative = reference(tile.cog, folder)
+    return Source(path, tile.width, tile.height, tile.block, grid.window(tile.bounds), relative)
 
 
-def warped_source(tile: Tile, grid: Grid, folder: Path) -> Source:
+def warped_path(folder: Location, name: str) -> Location:
+    return folder / "warped" / f"{name}.vrt"
+
+
+def warped_source(tile: Tile, grid: Grid, folder: Location) -> Source:
     """A tile in another CRS: ``folder/warped/<name>.vrt``, a ``VRTWarpedDataset``
     of its COG on a whole-pixel window of ``grid`` (nearest neighbour, nodata
-    kept), written by GDAL itself, its source path made relative."""
-    dst = folder / "warped" / f"{tile.name}.vrt"
+    kept), written by GDAL itself, its source named as :func:`reference` says."""
+    dst = warped_path(folder, tile.name)
     col, row, width, height = grid.snapped(bounds_in(tile, grid.crs))
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with dst.staged() as tmp:
         with (
-            open_raster(tile.cog) as src,
+            reopen(tile.cog) as src,
             WarpedVRT(
                 src,
                 crs=grid.crs,
@@ -214,13 +235,11 @@ def warped_source(tile: Tile, grid: Grid, folder: Path) -> Source:
             block = vrt.block_shapes[0]
         tree = ET.parse(tmp)
         source = tree.find("GDALWarpOptions/SourceDataset")
-        source.text = os.path.relpath(tile.cog, dst.parent)
-        source.set("relativeToVRT", "1")
+        source.text, relative = reference(tile.cog, dst.parent)
+        source.set("relativeToVRT", "1" if relative else "0")
         tree.write(tmp, encoding="unicode")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return Source(os.path.relpath(dst, folder), width, height, block, (col, row, width, height))
+    path, relative = reference(dst, folder)
+    return Source(path, width, height, block, (col, row, width, height), relative)
 
 
 def color_table_xml(colors: Sequence[tuple[int, int, int]]) -> str:
@@ -266,7 +285,8 @@ def vrt_xml(
         col, row, width, height = s.window
         parts.append(
             "    <ComplexSource>\n"
-            f'      <SourceFilename relativeToVRT="1">{escape(s.path)}</SourceFilename>\n'
+            f'      <SourceFilename relativeToVRT="{int(s.relative)}">{escape(s.path)}'
+            "</SourceFilename>\n"
             "      <SourceBand>1</SourceBand>\n"
             f'      <SourceProperties RasterXSize="{s.width}" RasterYSize="{s.height}" '
             f'DataType="Byte" BlockXSize="{s.block[1]}" BlockYSize="{s.block[0]}"/>\n'
@@ -300,16 +320,6 @@ def gti_xml(grid: Grid, classes: tuple[str, ...], colors: tuple[tuple[int, int, 
     )
 
 
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def _same_classes(
     rasters: Sequence[tuple[str, tuple[str, ...], tuple]],
 ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
@@ -325,9 +335,9 @@ def _same_classes(
 
 
 def build_mosaic(
-    out_dir: str | PathLike[str],
+    out_dir: str | PathLike[str] | Location,
     *,
-    cogs: str | PathLike[str] | None = None,
+    cogs: str | PathLike[str] | Location | None = None,
     crs: str | None = None,
 ) -> Mosaic:
     """Export what is missing, then write ``<out>/mosaic/labels.vrt`` and ``labels.gti.gpkg``.
@@ -335,20 +345,21 @@ def build_mosaic(
     Parameters
     ----------
     out_dir
-        An output folder of the nightly job (its published ``*.zarr``).
+        An output folder of the nightly job (its published ``*.zarr``), local
+        or ``s3://``.
     cogs
-        Where the COGs are, or go (default ``<out>/cogs``). Missing or outdated
-        ones are exported first; current ones are kept.
+        Where the COGs are, or go (default ``<out>/cogs``), local or ``s3://``.
+        Missing or outdated ones are exported first; current ones are kept.
     crs
         The mosaic's CRS (anything pyproj reads, e.g. ``EPSG:32633``); default:
         the CRS most scenes share.
     """
-    out = Path(out_dir)
+    out = Location(out_dir)
     # Source order is the night's precedence: the last scene is drawn on top.
     outputs = in_precedence(find_outputs(out))
     if not outputs:
         raise OutputError(f"{out}: no published label rasters (*.zarr) to mosaic.")
-    cog_dir = Path(cogs) if cogs else out / "cogs"
+    cog_dir = Location(cogs) if cogs else out / "cogs"
     exported, tiles, rasters = [], [], []
     for path in outputs:
         done = export_cog(path, cog_dir)
@@ -361,26 +372,34 @@ def build_mosaic(
     target = CRS.from_wkt(ProjCRS.from_user_input(crs).to_wkt()) if crs else choose_crs(tiles)
     grid = plan_grid(tiles, target)
     folder = out / MOSAIC_DIR
-    (folder / "warped").mkdir(parents=True, exist_ok=True)
     sources = [
         native_source(t, grid, folder) if t.crs == grid.crs else warped_source(t, grid, folder)
         for t in tiles
     ]
-    warped = tuple(folder / s.path for s in sources if s.path.startswith("warped/"))
-    _clear_stale(folder / "warped", keep=set(warped))
-    vrt_path = _write_text(folder / "labels.vrt", vrt_xml(grid, sources, classes, colors))
+    warped = tuple(warped_path(folder, t.name) for t in tiles if t.crs != grid.crs)
+    _clear_stale(folder / "warped", keep={w.name for w in warped})
+    vrt_path = folder / "labels.vrt"
+    vrt_path.write_bytes(vrt_xml(grid, sources, classes, colors).encode("utf-8"))
     index = _write_index(folder / "labels.gti.gpkg", tiles, grid, gti_xml(grid, classes, colors))
     log.info("mosaic of %d scenes in %s: %s", len(tiles), grid.crs, vrt_path)
-    return Mosaic(vrt_path, index, warped, grid.crs, tuple(t.name for t in tiles), tuple(exported))
+    return Mosaic(
+        vrt_path.native,
+        index,
+        tuple(w.native for w in warped),
+        grid.crs,
+        tuple(t.name for t in tiles),
+        tuple(exported),
+    )
 
 
-def _write_index(path: Path, tiles: Sequence[Tile], grid: Grid, gti: str) -> Path:
-    """The GTI tile index: footprints in the mosaic CRS, COG paths relative to
-    it, and the GTI document in its layer metadata."""
+def _write_index(path: Location, tiles: Sequence[Tile], grid: Grid, gti: str) -> Path | Location:
+    """The GTI tile index: footprints in the mosaic CRS, COG paths as
+    :func:`reference` names them (relative to the index on disk), and the GTI
+    document in its layer metadata."""
     rings = [footprint(t.transform, t.width, t.height, t.crs, grid.crs) for t in tiles]
     rows = [
         {
-            "location": os.path.relpath(t.cog, path.parent),
+            "location": reference(t.cog, path.parent)[0],
             "scene": t.name,
             "crs": t.crs.to_string(),
             "sort_key": f"{i:08d}",
@@ -398,16 +417,22 @@ def _write_index(path: Path, tiles: Sequence[Tile], grid: Grid, gti: str) -> Pat
     )
 
 
-def _clear_stale(folder: Path, keep: set[Path]) -> None:
+def _clear_stale(folder: Location, keep: set[str]) -> None:
     """Remove warped VRTs of scenes that left the mosaic (or its CRS)."""
-    for old in folder.glob("*.vrt"):
-        if old not in keep:
-            old.unlink()
+    for name in folder.children():
+        if name.endswith(".vrt") and not name.startswith(".") and name not in keep:
+            (folder / name).delete()
 
 
-def render_quicklook(vrt: str | PathLike[str], dst: str | PathLike[str], size: int) -> Path:
-    """A paletted PNG of the mosaic, longer side ``size`` pixels, by mode."""
-    with rasterio.open(vrt, driver="VRT") as src:
+def render_quicklook(
+    vrt: str | PathLike[str] | Location, dst: str | PathLike[str] | Location, size: int
+) -> Path | Location:
+    """A paletted PNG of the mosaic, longer side ``size`` pixels, by mode
+    (either may be local or ``s3://``)."""
+    where = Location(vrt)
+    if where.remote:
+        clear_gdal_cache()  # the mosaic and its COGs may have been republished
+    with rasterio.open(where.gdal_path, driver="VRT") as src:
         scale = min(1.0, size / max(src.height, src.width))
         shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
         small = src.read(1, out_shape=shape, resampling=Resampling.mode)

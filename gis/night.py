@@ -381,9 +381,10 @@ class OwnedLabels:
         return out
 
 
-def night_polygons_path(out_dir: str | PathLike[str], fmt: Format) -> Path:
-    """``<out>/mosaic/polygons<suffix>``: the night's polygons, beside its mosaic."""
-    return Path(out_dir) / NIGHT_DIR / f"{NIGHT_POLYGONS}{FORMATS[fmt][0]}"
+def night_polygons_path(out_dir: str | PathLike[str] | Location, fmt: Format) -> Path | Location:
+    """``<out>/mosaic/polygons<suffix>``: the night's polygons, beside its mosaic
+    (a local path, or a Location in S3)."""
+    return (Location(out_dir) / NIGHT_DIR / f"{NIGHT_POLYGONS}{FORMATS[fmt][0]}").native
 
 
 def _reprojected(table: pa.Table, src: CRS, dst: CRS, step: float) -> pa.Table:
@@ -408,7 +409,7 @@ def _reprojected(table: pa.Table, src: CRS, dst: CRS, step: float) -> pa.Table:
 
 
 def write_night_polygons(
-    outputs: Sequence[str | PathLike[str]],
+    outputs: Sequence[str | PathLike[str] | Location],
     *,
     fmt: Format = "parquet",
     settings: VectorSettings | None = None,
@@ -426,12 +427,8 @@ def write_night_polygons(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {sorted(FORMATS)}. Got {fmt!r}.")
-    if any(is_url(o) for o in outputs):
-        raise OutputError(
-            "the night's polygons are written for local label rasters only (not yet "
-            "for object storage)."
-        )
-    folders = {Path(o).resolve().parent for o in outputs}
+    where = [Location(o) if is_url(o) else Location(Path(o).resolve()) for o in outputs]
+    folders = {w.parent for w in where}
     if len(folders) != 1:
         raise OutputError(
             f"the night's label rasters must be in one output folder. Got {sorted(map(str, folders))}."
@@ -439,17 +436,16 @@ def write_night_polygons(
     settings = settings or VectorSettings()
     night = Night(outputs)
     crs = night.crs()
-    dst = night_polygons_path(folders.pop(), fmt)
-    rasters = [open_label_raster(s.output.location.path) for s in night.scenes]
+    dst = Location(night_polygons_path(folders.pop(), fmt))
+    rasters = [open_label_raster(s.output.location) for s in night.scenes]
     fingerprint = hashlib.sha256(
         json.dumps([[r.name, r.fingerprint] for r in rasters] + [crs.to_wkt()]).encode()
     ).hexdigest()
     stamp = {SOURCE_KEY: fingerprint, SETTINGS_KEY: settings.to_json()}
     if not force and all(file_metadata(dst).get(k) == v for k, v in stamp.items()):
-        return Vectorized(dst, None, kept=True)
-    if dst.is_symlink() or dst.is_dir():
+        return Vectorized(dst.native, None, kept=True)
+    if dst.is_link() or (not dst.remote and dst.path.is_dir()):
         raise OutputError(f"{dst}: is a link or a folder; it was left untouched.")
-    dst.parent.mkdir(parents=True, exist_ok=True)
 
     def tables() -> Iterator[pa.Table]:
         for k, (scene, raster) in enumerate(zip(night.scenes, rasters, strict=True)):
@@ -467,4 +463,4 @@ def write_night_polygons(
         rows = write_geoparquet(tables(), dst, crs=crs, extent=extent, metadata=stamp)
     else:
         rows = write_ogr(tables(), dst, driver=driver, crs=crs, layer="night", metadata=stamp)
-    return Vectorized(dst, rows)
+    return Vectorized(dst.native, rows)

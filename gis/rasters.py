@@ -17,7 +17,6 @@ from rasterio.transform import Affine
 
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.layout import is_complete_attrs
-from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.storage import Location
 from fcnrs.pipeline.writing import is_complete, read_attrs
 
@@ -26,7 +25,8 @@ from fcnrs.pipeline.writing import is_complete, read_attrs
 class LabelRaster:
     """A published Zarr label raster, opened for reading."""
 
-    path: Path
+    #: Where it is: a local folder, or an ``s3://`` prefix (a Location).
+    path: Path | Location
     labels: zarr.Array
     probabilities: zarr.Array | None
     crs_wkt: str | None
@@ -42,22 +42,23 @@ class LabelRaster:
         return self.path.name.removesuffix(".zarr")
 
 
-def open_label_raster(path: str | PathLike[str]) -> LabelRaster:
-    """Open a published output (refusing partial or foreign folders, naming them)."""
-    path = Path(path)
-    root_attrs = read_attrs(path)
+def open_label_raster(path: str | PathLike[str] | Location) -> LabelRaster:
+    """Open a published output, local or in S3 (refusing partial or foreign
+    folders, naming them)."""
+    where = Location(path)
+    root_attrs = read_attrs(where)
     if not is_complete_attrs(root_attrs):
         raise OutputError(
-            f"{path}: not a complete label raster of this pipeline (missing, still "
+            f"{where}: not a complete label raster of this pipeline (missing, still "
             "being written, or written by something else)."
         )
-    root = zarr.open_group(str(path), mode="r", zarr_format=2)
+    root = zarr.open_group(where.zarr_store(read_only=True), mode="r", zarr_format=2)
     fingerprint = hashlib.sha256(json.dumps(root_attrs, sort_keys=True).encode("utf-8")).hexdigest()
     labels = root["labels"]
     attrs = dict(labels.attrs)
-    gt = [float(v) for v in read_attrs(path / "spatial_ref")["GeoTransform"].split()]
+    gt = [float(v) for v in read_attrs(where / "spatial_ref")["GeoTransform"].split()]
     return LabelRaster(
-        path=path,
+        path=where.native,
         labels=labels,
         probabilities=root["probabilities"] if "probabilities" in root else None,
         crs_wkt=attrs.get("_CRS", {}).get("wkt"),
@@ -68,12 +69,22 @@ def open_label_raster(path: str | PathLike[str]) -> LabelRaster:
     )
 
 
-def find_outputs(out_dir: str | PathLike[str]) -> list[Path]:
-    """Published label rasters in ``out_dir`` (staging folders are skipped)."""
-    out = Path(out_dir)
-    if not out.is_dir():
+def list_outputs(out_dir: str | PathLike[str] | Location) -> list[Location]:
+    """Published label rasters (``*.zarr`` carrying the completion marker) of an
+    output folder, local or in S3, by name; staging groups are skipped. In S3
+    the folder is listed by delimiter (one request, not one per chunk), so an
+    output is found whether or not a manifest names it."""
+    out = Location(out_dir)
+    if not out.remote and not out.path.is_dir():
         raise FileNotFoundError(f"{out}: no such output folder.")
-    return sorted(p for p in out.glob("*.zarr") if is_complete(p))
+    # (In S3 a missing bucket or a refused listing raises here, naming the URL.)
+    names = [n for n in out.children() if n.endswith(".zarr") and not n.startswith(".")]
+    return [out / n for n in names if is_complete(out / n)]
+
+
+def find_outputs(out_dir: str | PathLike[str] | Location) -> list[Path | Location]:
+    """:func:`list_outputs` as local paths, or Locations in S3."""
+    return [where.native for where in list_outputs(out_dir)]
 
 
 def as_crs(crs: object) -> CRS:
@@ -151,17 +162,3 @@ def describe_output(path: str | PathLike[str] | Location) -> PublishedOutput:
     gt = [float(v) for v in meta["spatial_ref/.zattrs"]["GeoTransform"].split()]
     crs = meta["labels/.zattrs"].get("_CRS", {}).get("wkt")
     return PublishedOutput(where, attrs, height, width, Affine.from_gdal(*gt), crs)
-
-
-def list_outputs(out_dir: str | PathLike[str] | Location) -> list[Location]:
-    """Published label rasters of an output folder, local or in S3, by name.
-
-    Local folders are listed; in S3 (where listing a prefix lists every chunk) the
-    candidates are the outputs the run manifest names, each checked for its
-    completion marker.
-    """
-    out = Location(out_dir)
-    if not out.remote:
-        return [Location(p) for p in find_outputs(out.path)]
-    names = {Location(o).name for o in read_manifest(out).column("output").to_pylist() if o}
-    return [out / n for n in sorted(names) if is_complete(out / n)]

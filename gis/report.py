@@ -49,7 +49,7 @@ from fcnrs.pipeline.manifest import (
 )
 from fcnrs.pipeline.reading import open_raster
 from fcnrs.pipeline.scenes import scene_stem
-from fcnrs.pipeline.storage import Location, sync_gdal_env
+from fcnrs.pipeline.storage import Location, clear_gdal_cache, sync_gdal_env
 
 from .catalog import STAC_DIR
 from .night import NIGHT_DIR, NIGHT_POLYGONS, in_precedence, night_areas, night_crs
@@ -224,16 +224,13 @@ def _model_and_settings(
 
 
 def refresh_mosaic(out_dir: str | PathLike[str] | Location) -> str:
-    """Bring the mosaic (and the COGs it needs) up to date for a local folder;
-    returns a note for the page when that was not possible (an ``s3://`` folder:
-    an existing mosaic is used as it is)."""
+    """Bring the mosaic (and the COGs it needs) up to date, local or in S3;
+    returns a note for the page when that was not possible."""
     from .mosaic import build_mosaic
 
     out = Location(out_dir)
-    if out.remote:
-        return "the mosaic is not rebuilt for object storage (fcnrs mosaic builds local ones)"
     try:
-        build_mosaic(out.path)
+        build_mosaic(out)
     except (PipelineError, OSError) as exc:
         log.warning("%s: mosaic not brought up to date: %s", out, exc)
         return f"the mosaic could not be brought up to date ({exc})"
@@ -267,6 +264,7 @@ def build_map(
         try:
             if out.remote:
                 sync_gdal_env()
+                clear_gdal_cache()  # tonight's run may have republished the mosaic
             with rasterio.open(vrt.gdal_path, driver="VRT") as src:
                 crs, grid = CRS.from_wkt(src.crs.to_wkt()), src.transform
                 scale = min(1.0, size / max(src.height, src.width))
@@ -274,7 +272,7 @@ def build_map(
                 height = max(1, round(src.height * scale))
                 transform = grid @ Affine.scale(src.width / width, src.height / height)
             with tempfile.TemporaryDirectory() as tmp:
-                png = render_quicklook(vrt.gdal_path, Path(tmp) / "night.png", size).read_bytes()
+                png = render_quicklook(vrt, Path(tmp) / "night.png", size).read_bytes()
         except (rasterio.errors.RasterioError, OSError) as exc:
             note = f"{note}; " if note else ""
             note += f"the mosaic could not be drawn ({exc})"

@@ -35,7 +35,8 @@ them unchanged.
 
 Outputs (:func:`vectorize`): GeoParquet 1.1 by default (WKB ``geometry``, a
 ``bbox`` covering column, small spatially ordered row groups), FlatGeobuf or
-GeoPackage on request (through pyogrio's GDAL). Each file carries the label
+GeoPackage on request (through pyogrio's GDAL), to a local folder or to
+``s3://`` (written locally, then uploaded whole). Each file carries the label
 raster's fingerprint and the polygon settings: a re-run keeps a current file.
 """
 
@@ -44,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -62,8 +62,8 @@ from scipy import ndimage
 
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.labels import NODATA
-from fcnrs.pipeline.storage import is_url
-from fcnrs.pipeline.writing import read_attrs, staging_path
+from fcnrs.pipeline.storage import Location, clear_gdal_cache, sync_gdal_env
+from fcnrs.pipeline.writing import read_attrs
 
 from .areas import row_areas
 from .rasters import LabelRaster, open_label_raster
@@ -624,25 +624,25 @@ def _boxes(table: pa.Table) -> np.ndarray:
 
 def write_geoparquet(
     tables: Iterable[pa.Table],
-    dst: Path,
+    dst: str | PathLike[str] | Location,
     *,
     crs: CRS | None,
     extent: Sequence[float],
     metadata: dict[str, str],
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> int:
-    """Write GeoParquet 1.1 under a staging name, then rename it onto ``dst``.
+    """Write GeoParquet 1.1 to ``dst`` (local or ``s3://``), published whole
+    (:meth:`~fcnrs.pipeline.storage.Location.staged`).
 
     Rows come in strip order (top to bottom); each window of :data:`SORT_WINDOW`
     row groups is sorted along a Hilbert curve of its box centres, so every row
     group covers a compact patch and its ``bbox`` statistics let a reader skip
     it. Returns the number of rows.
     """
-    partial = staging_path(dst)
     bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
     pending: list[pa.Table] = []
     rows = 0
-    try:
+    with Location(dst).staged() as partial:
         with pq.ParquetWriter(
             partial, SCHEMA, compression="zstd", store_schema=False, write_statistics=True
         ) as out:
@@ -673,15 +673,12 @@ def write_geoparquet(
                 flush()
             geo = geo_metadata(crs, bounds if rows else None)
             out.add_key_value_metadata({"geo": json.dumps(geo), **metadata})
-        os.replace(partial, dst)
-    finally:
-        partial.unlink(missing_ok=True)
     return rows
 
 
 def write_ogr(
     tables: Iterable[pa.Table],
-    dst: Path,
+    dst: str | PathLike[str] | Location,
     *,
     driver: str,
     crs: CRS | None,
@@ -689,7 +686,8 @@ def write_ogr(
     metadata: dict[str, str],
 ) -> int:
     """Write FlatGeobuf or GeoPackage through pyogrio (its own GDAL), streaming,
-    under a staging name renamed onto ``dst``. The ``bbox`` column is dropped:
+    to a local staging file published whole onto ``dst`` (local or ``s3://``). The
+    ``bbox`` column is dropped:
     both formats keep their own spatial index. Returns the number of rows."""
     import pyogrio
 
@@ -702,8 +700,7 @@ def write_ogr(
             rows += table.num_rows
             yield from table.drop_columns(["bbox"]).to_batches()
 
-    partial = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
-    try:
+    with Location(dst).staged() as partial:
         pyogrio.write_arrow(
             pa.RecordBatchReader.from_batches(schema, batches()),
             partial,
@@ -716,52 +713,57 @@ def write_ogr(
             # GeoPackage 1.2: what GDAL 3.6 and QGIS of that age read without a warning.
             dataset_options={"VERSION": "1.2"} if driver == "GPKG" else None,
         )
-        os.replace(partial, dst)
-    finally:
-        partial.unlink(missing_ok=True)
     return rows
 
 
-def file_metadata(path: Path) -> dict[str, str]:
+def file_metadata(path: str | PathLike[str] | Location) -> dict[str, str]:
     """The key-value metadata of a GeoParquet file, or the layer metadata of a
-    GDAL vector file; empty when it cannot be read."""
+    GDAL vector file, local or in S3; empty when it cannot be read."""
+    where = Location(path)
     try:
-        if path.suffix == ".parquet":
-            meta = pq.read_metadata(path).metadata or {}
+        if where.name.endswith(".parquet"):
+            with where.open() as fh:  # in S3: range reads of the footer only
+                meta = pq.read_metadata(fh).metadata or {}
             return {k.decode(): v.decode() for k, v in meta.items()}
         import pyogrio
 
-        return dict(pyogrio.read_info(path).get("layer_metadata") or {})
-    except Exception:  # not a file of ours, or damaged: written anew
+        if where.remote:
+            sync_gdal_env()
+            clear_gdal_cache()  # the file may have been republished since it was read
+        return dict(pyogrio.read_info(where.gdal_path).get("layer_metadata") or {})
+    except Exception:  # missing, not a file of ours, or damaged: written anew
         return {}
 
 
 @dataclass(frozen=True)
 class Vectorized:
-    """One scene's vector file, and whether it was kept as it was."""
+    """One scene's vector file (a local path, or a Location in S3), and whether
+    it was kept as it was."""
 
-    path: Path
+    path: Path | Location
     #: Features written (None when the file was kept).
     features: int | None
     kept: bool = False
 
 
 def vector_path(
-    zarr_path: str | PathLike[str], out_dir: str | PathLike[str] | None, fmt: Format
-) -> Path:
+    zarr_path: str | PathLike[str] | Location,
+    out_dir: str | PathLike[str] | Location | None,
+    fmt: Format,
+) -> Path | Location:
     """``<out_dir>/<stem><suffix>``. By default ``out_dir`` is ``vectors/`` beside
     the label raster, so the GeoParquet files of every scene of an output folder
     form one dataset; FlatGeobuf and GeoPackage files go to ``vectors_fgb/`` and
     ``vectors_gpkg/``, since a Parquet dataset folder must hold Parquet alone."""
-    zarr_path = Path(zarr_path)
+    source = Location(zarr_path)
     default = "vectors" if fmt == "parquet" else f"vectors_{fmt}"
-    folder = Path(out_dir) if out_dir is not None else zarr_path.parent / default
-    return folder / f"{zarr_path.name.removesuffix('.zarr')}{FORMATS[fmt][0]}"
+    folder = Location(out_dir) if out_dir is not None else source.parent / default
+    return (folder / f"{source.name.removesuffix('.zarr')}{FORMATS[fmt][0]}").native
 
 
 def vectorize(
-    zarr_path: str | PathLike[str],
-    out_dir: str | PathLike[str] | None = None,
+    zarr_path: str | PathLike[str] | Location,
+    out_dir: str | PathLike[str] | Location | None = None,
     *,
     fmt: Format = "parquet",
     settings: VectorSettings = VectorSettings(),
@@ -769,6 +771,7 @@ def vectorize(
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> Vectorized:
     """Write the polygons of one label raster to ``vector_path(zarr_path, out_dir, fmt)``.
+    Either may be local or ``s3://``.
 
     A file already made from this very raster with the same settings (its
     :data:`SOURCE_KEY` and :data:`SETTINGS_KEY` metadata) is kept unless
@@ -776,19 +779,13 @@ def vectorize(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {sorted(FORMATS)}. Got {fmt!r}.")
-    if is_url(zarr_path) or (out_dir is not None and is_url(out_dir)):
-        raise OutputError(
-            f"{zarr_path}: polygons are written for local label rasters only (not yet for "
-            "object storage); copy the .zarr to a local folder first."
-        )
     raster = open_label_raster(zarr_path)
-    dst = vector_path(raster.path, out_dir, fmt)
+    dst = Location(vector_path(raster.path, out_dir, fmt))
     stamp = {SOURCE_KEY: raster.fingerprint, SETTINGS_KEY: settings.to_json()}
     if not force and all(file_metadata(dst).get(k) == v for k, v in stamp.items()):
-        return Vectorized(dst, None, kept=True)
-    if dst.is_symlink() or dst.is_dir():
+        return Vectorized(dst.native, None, kept=True)
+    if dst.is_link() or (not dst.remote and dst.path.is_dir()):
         raise OutputError(f"{dst}: is a link or a folder; it was left untouched.")
-    dst.parent.mkdir(parents=True, exist_ok=True)
     crs = CRS.from_wkt(raster.crs_wkt) if raster.crs_wkt else None
     tables = polygons(raster, settings=settings)
     driver = FORMATS[fmt][1]
@@ -803,4 +800,4 @@ def vectorize(
         )
     else:
         rows = write_ogr(tables, dst, driver=driver, crs=crs, layer=raster.name, metadata=stamp)
-    return Vectorized(dst, rows)
+    return Vectorized(dst.native, rows)

@@ -13,7 +13,9 @@ longer side. A bad input fails alone and is named; the others are exported.
 A GeoTIFF already exported from the very same label raster (its
 SOURCE_FINGERPRINT tag: model, settings, source file, grid) is kept, so a
 nightly run redoes only re-segmented scenes; ``--force`` rewrites it anyway.
-Prints every output path. Exit status: 0 all exported, 1 some failed.
+Prints every output path. Exit status: 0 all exported, 1 some failed, 2 an
+s3:// glob cannot be listed. Label rasters and ``--out`` may be in S3
+(``'s3://bucket/out/*.zarr'`` globs too).
 """
 
 from __future__ import annotations
@@ -23,14 +25,20 @@ import logging
 import sys
 
 from fcnrs.gis.cog import export_cog
-from fcnrs.jobs.options import job_main
+from fcnrs.jobs.options import expand_urls, job_main, output_folder
 
 log = logging.getLogger("fcnrs.export")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("zarr", nargs="+", help="label rasters written by jobs/segment_scenes.py")
-    p.add_argument("--out", required=True, help="folder for the GeoTIFFs")
+    p.add_argument(
+        "zarr",
+        nargs="+",
+        help="label rasters written by jobs/segment_scenes.py (paths, s3:// URLs or s3:// globs)",
+    )
+    p.add_argument(
+        "--out", required=True, type=output_folder, help="folder (or s3:// prefix) for the GeoTIFFs"
+    )
     p.add_argument("--probabilities", action="store_true", help="also export probabilities")
     p.add_argument("--quicklook", type=int, default=None, metavar="PX", help="PNG preview size")
     p.add_argument(
@@ -40,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     failed = 0
-    for path in args.zarr:
+    try:
+        paths = expand_urls(args.zarr)
+    except OSError as exc:  # an s3:// glob's listing: no such bucket, access denied
+        log.error("%s", exc)
+        return 2
+    for path in paths:
         try:
             done = export_cog(
                 path,

@@ -12,22 +12,36 @@ on the val scenes is written to ``OUT/best`` (a checkpoint ``jobs/segment_scenes
 epoch's metrics in ``OUT/report.json``. Re-running with the same ``--out``
 continues from the last checkpoint. Plain ``python`` starts a local Ray; under
 ``ray job submit`` (RAY_ADDRESS set) it joins the cluster.
+
+Every path may be an s3:// URL: the scene table (its relative lines then name
+objects beside it), the rasters it lists, ``--classes`` as a file,
+``--init``/``--init-vgg16`` (fetched once per version) and ``--out`` (the best
+checkpoint, the reports and Ray Train's own state). Exit status 2 when an input
+or ``--out`` is unusable (named, with the reason), before any training.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from fcnrs.fcn_model import VARIANTS
-from fcnrs.jobs.options import add_bands, job_main, ray_starter
-from fcnrs.training.trainer import finetune
+from fcnrs.fcn_model import VARIANTS, FCNModelError
+from fcnrs.jobs.options import add_bands, job_main, model_meta, output_folder, ray_starter
+from fcnrs.pipeline.errors import PipelineError
+from fcnrs.pipeline.storage import Location, local_copy
+from fcnrs.training.trainer import finetune, settings_from_args
+
+log = logging.getLogger("fcnrs.finetune")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", required=True, help="CSV with columns image,label,split")
     p.add_argument(
-        "--out", required=True, help="output folder (best checkpoint, reports, Ray state)"
+        "--out",
+        required=True,
+        type=output_folder,
+        help="output folder or s3:// prefix (best checkpoint, reports, Ray state)",
     )
     p.add_argument("--classes", required=True, help="names (land,water) or a JSON/YAML file")
     add_bands(p, "1-based bands, e.g. 4,3,2 (default: all)")
@@ -117,8 +131,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # every input and the output, before Ray starts: exit 2 naming what is wrong
+        out = Location(args.out)
+        if out.remote:  # a missing bucket or a refused listing fails here, in seconds
+            next(out.list(), None)
+        if args.init:
+            model_meta(args.init)
+        if args.init_vgg16:
+            local_copy(args.init_vgg16)
+        settings = settings_from_args(args)
+    except (FCNModelError, PipelineError, OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
     ray_starter(args.verbose)()  # a local Ray unless one is running or RAY_ADDRESS is set
-    return finetune(args)
+    return finetune(args, settings)
 
 
 main = job_main(sys.modules[__name__])

@@ -10,7 +10,9 @@ Exports the COGs that are missing or out of date into ``--cogs`` (default
 driver; as a vector layer, the scenes' footprints). Scenes in
 another CRS than the mosaic's (default: the one most scenes share) are warped
 by nearest neighbour. ``--quicklook FILE`` also renders the mosaic as a
-paletted PNG (``--size`` pixels on its longer side). Prints the paths written.
+paletted PNG (``--size`` pixels on its longer side). OUT, ``--cogs`` and
+``--quicklook`` may be s3:// URLs; an S3 mosaic names its COGs ``/vsis3/...``.
+Prints the paths written.
 Exit status: 0 written, 1 nothing to mosaic or a bad output.
 """
 
@@ -24,7 +26,7 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from fcnrs.gis.mosaic import build_mosaic, render_quicklook
-from fcnrs.jobs.options import at_least, job_main
+from fcnrs.jobs.options import at_least, job_main, output_folder
 from fcnrs.pipeline.errors import PipelineError
 
 log = logging.getLogger("fcnrs.mosaic")
@@ -40,10 +42,16 @@ def crs_text(text: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out_dir", help="output folder of jobs/segment_scenes.py")
-    p.add_argument("--cogs", default=None, help="COG folder (default: OUT/cogs)")
+    p.add_argument(
+        "out_dir", type=output_folder, help="output folder of jobs/segment_scenes.py (or s3://)"
+    )
+    p.add_argument(
+        "--cogs", type=output_folder, default=None, help="COG folder (default: OUT/cogs)"
+    )
     p.add_argument("--crs", type=crs_text, default=None, help="mosaic CRS (default: most scenes')")
-    p.add_argument("--quicklook", default=None, metavar="PNG", help="also render a PNG")
+    p.add_argument(
+        "--quicklook", default=None, metavar="PNG", help="also render a PNG (path or s3:// URL)"
+    )
     p.add_argument(
         "--size",
         type=at_least(1),
@@ -55,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         done = build_mosaic(args.out_dir, cogs=args.cogs, crs=args.crs)
-    except (PipelineError, FileNotFoundError) as exc:
+    except (PipelineError, OSError) as exc:  # OSError: missing, no such bucket, denied
         log.error("%s", exc)
         return 1
     for name in done.exported:

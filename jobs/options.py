@@ -9,6 +9,7 @@ Each job module (``segment_scenes``, ``finetune``, ``export_cog``,
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import signal
@@ -19,8 +20,10 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import IO
 
+from fcnrs.fcn_model import CheckpointError, ModelMeta, read_meta
 from fcnrs.pipeline.distributed.driver import request_stop
 from fcnrs.pipeline.manifest import check_run_id
+from fcnrs.pipeline.storage import expand_url_glob, is_url, local_copy
 
 log = logging.getLogger("fcnrs")
 
@@ -79,6 +82,32 @@ def output_folder(text: str) -> str:
             "schemes are not supported)"
         )
     return text
+
+
+def expand_urls(paths: Sequence[str]) -> list[str]:
+    """Positional paths as given (the shell expands local globs), with ``s3://``
+    globs (``s3://bucket/out/*.zarr``) expanded by listing; a glob that matches
+    nothing is kept, so the job reports it as missing."""
+    found: list[str] = []
+    for path in paths:
+        matches = expand_url_glob(path) if is_url(path) and glob.has_magic(path) else []
+        found.extend(matches or [path])
+    return found
+
+
+def model_meta(model: str) -> ModelMeta:
+    """The metadata of a ``--model``/``--init`` checkpoint, a local path or an
+    ``s3://`` URL (fetched once per version into the user's cache), checked
+    before a job starts: a missing, forbidden or foreign file raises
+    :class:`~fcnrs.fcn_model.CheckpointError` naming it and the reason."""
+    try:
+        local = str(local_copy(model))
+        return read_meta(local)
+    except CheckpointError as exc:  # named by its cached copy: name the URL instead
+        raise CheckpointError(str(exc).replace(local, model, 1)) from None
+    except (ValueError, OSError) as exc:
+        text = str(exc)  # storage errors name the URL already
+        raise CheckpointError(text if text.startswith(model) else f"{model}: {text}") from None
 
 
 @contextmanager
@@ -147,12 +176,15 @@ def ray_starter(verbose: bool) -> Callable[[], None]:
         if ray.is_initialized():
             return
         joining = bool(os.environ.get("RAY_ADDRESS"))
+        # Without RAY_ADDRESS (plain python) a Ray of this job's own: never one that
+        # another user's `ray start` left running on the machine.
+        address = None if joining else "local"
         if verbose:
-            ray.init()
+            ray.init(address=address)
         else:
             with tempfile.TemporaryFile(mode="w+b") as held, _native_stderr_to(held):
                 try:
-                    ray.init(logging_level=logging.WARNING, log_to_driver=False)
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
                 except BaseException:
                     held.seek(0)
                     sys.stderr.write(held.read().decode(errors="replace"))

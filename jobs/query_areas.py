@@ -10,7 +10,8 @@ is given (``--bbox-crs`` defaults to each scene's own CRS). Nodata is never
 counted. CSV and Parquet carry the columns scene, output, class_id, class_name,
 pixels, area_m2, area_km2; ``output`` is the same path the run manifest
 records, so the two join on it. Results go to standard output unless
-``--output`` is given (Parquet needs it). Exit status 2 on bad arguments.
+``--output`` is given (Parquet needs it). OUT and ``--output`` may be s3:// URLs.
+Exit status 2 on bad arguments, or an OUT that cannot be listed.
 
 ``--night``: one row per class for the whole night instead (columns class_id,
 class_name, pixels, area_m2, area_km2), where scenes overlap each ground pixel
@@ -30,15 +31,18 @@ from fcnrs.gis.areas import query_areas
 from fcnrs.gis.night import night_areas
 from fcnrs.gis.rasters import find_outputs
 from fcnrs.jobs.options import job_main
+from fcnrs.pipeline.storage import Location
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out_dir", help="output folder of jobs/segment_scenes.py")
+    p.add_argument("out_dir", help="output folder of jobs/segment_scenes.py (or s3:// prefix)")
     p.add_argument("--bbox", default=None, help="minx,miny,maxx,maxy")
     p.add_argument("--bbox-crs", default=None, help="CRS of --bbox (default: each scene's)")
     p.add_argument("--classes", default=None, help="class names or ids, comma-separated")
     p.add_argument("--format", choices=["table", "csv", "parquet"], default="table")
-    p.add_argument("--output", default=None, help="file to write (default: standard output)")
+    p.add_argument(
+        "--output", default=None, help="file or s3:// URL to write (default: standard output)"
+    )
     p.add_argument("--workers", type=int, default=None, help="dask threads (default: CPUs)")
     p.add_argument(
         "--night",
@@ -67,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         except CRSError as exc:
             p.error(f"--bbox-crs {args.bbox_crs!r}: {exc}")
     try:
-        outputs = find_outputs(args.out_dir)
-    except FileNotFoundError as exc:
+        outputs = find_outputs(args.out_dir)  # a local folder or an s3:// prefix
+    except (OSError, ValueError) as exc:  # missing, no such bucket, access denied
         p.error(str(exc))
     if args.night and not outputs:
         p.error(f"{args.out_dir}: no published label rasters, so no night to measure")
@@ -82,19 +86,23 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.night:
         table = table.night
-    if args.format == "parquet":
-        table.to_parquet(args.output, index=False)
-    elif args.format == "csv":
-        table.to_csv(args.output or sys.stdout, index=False)
-    else:
+    if args.format == "table":
         text = table.drop(columns="output", errors="ignore").to_string(
             index=False, formatters={"area_m2": "{:.1f}".format, "area_km2": "{:.4f}".format}
         )
-        if args.output:
-            with open(args.output, "w") as f:
-                f.write(text + "\n")
+    if not args.output:
+        if args.format == "csv":
+            table.to_csv(sys.stdout, index=False)
         else:
             print(text)
+        return 0
+    with Location(args.output).staged() as tmp:  # a local file or an s3:// object, whole
+        if args.format == "parquet":
+            table.to_parquet(tmp, index=False)
+        elif args.format == "csv":
+            table.to_csv(tmp, index=False)
+        else:
+            tmp.write_text(text + "\n")
     return 0
 
 

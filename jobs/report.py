@@ -11,8 +11,8 @@ the model and every setting, class areas per scene and for the night (each
 ground pixel once where scenes overlap: the last scene by name wins, as in the
 mosaic), a map (the mosaic's quicklook with every footprint; failed scenes
 marked) and every earlier run from the manifest. One file: styles, script and
-map inline, no network access when opened. Local folders first bring the
-mosaic up to date (COGs exported where missing or out of date) unless
+map inline, no network access when opened. The mosaic is first brought up
+to date (COGs exported where missing or out of date; in S3 too) unless
 ``--no-mosaic``. Prints the page's path. Exit status: 0 written, 1 nothing to
 report (the folder is missing, not an output folder, or its manifest is empty).
 """

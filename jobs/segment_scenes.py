@@ -37,7 +37,7 @@ import os
 import signal
 import sys
 
-from fcnrs.fcn_model import FCNModelError, read_meta
+from fcnrs.fcn_model import FCNModelError
 from fcnrs.gis.night import write_night_polygons
 from fcnrs.gis.rasters import list_outputs
 from fcnrs.gis.report import refresh_mosaic
@@ -48,6 +48,7 @@ from fcnrs.jobs.options import (
     add_bands,
     at_least,
     job_main,
+    model_meta,
     output_folder,
     ray_starter,
     run_id,
@@ -66,7 +67,9 @@ log = logging.getLogger("fcnrs.segment")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint written by save_checkpoint")
+    p.add_argument(
+        "--model", required=True, help="checkpoint written by save_checkpoint (path or s3:// URL)"
+    )
     p.add_argument(
         "--scenes",
         required=True,
@@ -182,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     )
     engine, start_ray = choose_engine(args.engine), ray_starter(args.verbose)
     try:
-        read_meta(args.model)
+        model_meta(args.model)  # a local file or an s3:// URL
         if engine == "ray":
             start_ray()  # first: ray.init installs its own SIGTERM handler (sys.exit)
         with stop_on_sigterm():

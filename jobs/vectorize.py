@@ -17,8 +17,10 @@ kept; ``--force`` rewrites it. A bad input fails alone and is named; the others
 are written. ``--night`` also writes the night's layer of the given rasters
 (all in one output folder): ``OUT/mosaic/polygons.<ext>``, where each ground
 pixel belongs to the last scene by name that has a label there (the mosaic's
-rule), so overlapping scenes give one set of outlines. Prints every output
-path. Exit status: 0 all written or kept, 1 some failed, 2 bad arguments.
+rule), so overlapping scenes give one set of outlines. Label rasters and
+``--out`` may be in S3 (``'s3://bucket/out/*.zarr'`` globs too). Prints every
+output path. Exit status: 0 all written or kept, 1 some failed, 2 bad arguments
+or an s3:// glob that cannot be listed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 
 from fcnrs.gis.night import write_night_polygons
 from fcnrs.gis.vectors import FORMATS, VectorSettings, vectorize
-from fcnrs.jobs.options import job_main
+from fcnrs.jobs.options import expand_urls, job_main, output_folder
 
 log = logging.getLogger("fcnrs.vectorize")
 
@@ -46,9 +48,16 @@ def non_negative(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("zarr", nargs="+", help="label rasters written by jobs/segment_scenes.py")
     p.add_argument(
-        "--out", default=None, help="folder for the files (default: vectors/ beside each raster)"
+        "zarr",
+        nargs="+",
+        help="label rasters written by jobs/segment_scenes.py (paths, s3:// URLs or s3:// globs)",
+    )
+    p.add_argument(
+        "--out",
+        type=output_folder,
+        default=None,
+        help="folder or s3:// prefix for the files (default: vectors/ beside each raster)",
     )
     p.add_argument("--format", choices=sorted(FORMATS), default="parquet", help="file format")
     p.add_argument(
@@ -76,7 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = VectorSettings(simplify=args.simplify, min_area_m2=args.min_area)
     failed = 0
-    for path in args.zarr:
+    try:
+        paths = expand_urls(args.zarr)
+    except OSError as exc:  # an s3:// glob's listing: no such bucket, access denied
+        log.error("%s", exc)
+        return 2
+    for path in paths:
         try:
             done = vectorize(path, args.out, fmt=args.format, settings=settings, force=args.force)
         except Exception as exc:  # one bad scene fails alone
@@ -90,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print(done.path)
     if args.night:
         try:
-            done = write_night_polygons(
-                args.zarr, fmt=args.format, settings=settings, force=args.force
-            )
+            done = write_night_polygons(paths, fmt=args.format, settings=settings, force=args.force)
         except Exception as exc:
             log.error("the night's polygons failed: %s", exc)
             return 1

@@ -220,7 +220,7 @@ class Predictor:
     """Labels (and optionally class probabilities) for batches of tiles.
 
     Takes a :class:`~fcnrs.pipeline.batches.PixelBatch` (stored pixels, read by
-    :class:`~fcnrs.pipeline.reading.SceneReader`) and returns a
+    :class:`~fcnrs.pipeline.batch_reading.SceneReader`) and returns a
     :class:`~fcnrs.pipeline.batches.LabelBatch`: labels uint8 ``(n, h, w)``
     cropped to the core, :data:`~fcnrs.pipeline.labels.NODATA` where the input is
     invalid, and with ``probabilities`` set, uint8 ``(n, classes, h, w)``
@@ -299,8 +299,12 @@ class Predictor:
                 scores = averaged_probabilities(
                     self.model, prepared.x, mode=self.tta, core=prepared.core
                 )
-            # argmax in the model's dtype: widening is exact, so the labels are the same.
-            best = scores.argmax(dim=1).to(torch.uint8).masked_fill_(~valid, NODATA).cpu()
+            # argmax in the model's dtype (widening is exact: the same labels), into
+            # one buffer per shape: a fresh int64 array per batch is page-faulted in
+            # anew, a cost as large as the argmax itself on a CPU.
+            index = self._buffer(scores.shape[:1] + scores.shape[2:], scores.device)
+            torch.argmax(scores, dim=1, out=index)
+            best = index.to(torch.uint8).masked_fill_(~valid, NODATA).cpu()
             labels = _all_rows(best.numpy(), rows, NODATA)
             probs = None
             if self.probabilities:
@@ -308,6 +312,15 @@ class Predictor:
                 p = p.mul_(255).round_().to(torch.uint8)
                 probs = _all_rows(p.mul_(valid[:, None]).cpu().numpy(), rows, 0)
         return LabelBatch(labels, probs, int(rows.sum()), seconds=time.perf_counter() - start)
+
+    def _buffer(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """An int64 array of this shape, the same one every call (the model runs
+        one batch at a time)."""
+        key = (tuple(shape), str(device))
+        buffers = self.__dict__.setdefault("_buffers", {})
+        if key not in buffers:
+            buffers[key] = torch.empty(shape, dtype=torch.int64, device=device)
+        return buffers[key]
 
     def batch_size(self, window: tuple[int, int]) -> int:
         """Tiles per batch for windows of this shape on this device: on a CPU

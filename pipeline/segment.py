@@ -14,12 +14,12 @@ from os import PathLike
 
 from fcnrs.fcn_model import checkpoint_digest, read_meta
 
+from .batch_reading import SceneReader
 from .inference import Predictor, default_device
 from .planning import plan_batches
-from .reading import SceneReader
-from .scenes import SegmentSettings, plan_scene
+from .scenes import ScenePlan, SegmentSettings, plan_scene
 from .storage import local_copy
-from .writing import staging_group
+from .writing import StagingGroup, staging_group
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +75,7 @@ def segment_scene(
         )
     group = staging_group(plan, meta=meta, model_digest=checkpoint_digest(model), settings=settings)
     group.create()
-    chunks = group.chunks()
-    predicted = valid_pixels = 0
-    with SceneReader(scene, plan.bands) as reader:
-        size = settings.batch_size or predictor.batch_size(plan.grid.max_read_shape)
-        for planned in plan_batches(plan.grid, size):
-            out = predictor(reader.read_batch(planned))
-            probs = out.probabilities
-            for k, tile in enumerate(planned):
-                valid_pixels += chunks.write(
-                    tile.core, out.labels[k], None if probs is None else probs[k]
-                )
-            predicted += out.predicted
+    predicted, valid_pixels = _write_batches(scene, plan, group, predictor, settings)
     seconds = time.perf_counter() - start
     group.publish(valid_pixels)
     log.info(
@@ -99,10 +88,29 @@ def segment_scene(
         plan.output,
     )
     return SceneResult(
-        scene=str(scene),
-        output=str(plan.output),
-        tiles=len(plan.grid),
-        tiles_predicted=predicted,
-        valid_pixels=valid_pixels,
-        seconds=seconds,
+        str(scene), str(plan.output), len(plan.grid), predicted, valid_pixels, seconds
     )
+
+
+def _write_batches(
+    scene: str | PathLike[str],
+    plan: ScenePlan,
+    group: StagingGroup,
+    predictor: Predictor,
+    settings: SegmentSettings,
+) -> tuple[int, int]:
+    """Read, predict and write every batch of a planned scene; returns the tiles
+    predicted and the valid pixels written."""
+    chunks = group.chunks()
+    predicted = valid_pixels = 0
+    with SceneReader(scene, plan.bands) as reader:
+        size = settings.batch_size or predictor.batch_size(plan.grid.max_read_shape)
+        for planned in plan_batches(plan.grid, size):
+            out = predictor(reader.read_batch(planned))
+            probs = out.probabilities
+            for k, tile in enumerate(planned):
+                valid_pixels += chunks.write(
+                    tile.core, out.labels[k], None if probs is None else probs[k]
+                )
+            predicted += out.predicted
+    return predicted, valid_pixels

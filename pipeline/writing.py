@@ -86,8 +86,8 @@ class ChunkWriter:
     """Writes tile cores into an existing staging group: what a worker needs, and
     all it needs (the path), so it can run in any process of a cluster."""
 
-    def __init__(self, stage: str | PathLike[str] | Location, *, probabilities: bool) -> None:
-        root = zarr.open_group(Location(stage).zarr_store(), mode="r+", zarr_format=2)
+    def __init__(self, staging: str | PathLike[str] | Location, *, probabilities: bool) -> None:
+        root = zarr.open_group(Location(staging).zarr_store(), mode="r+", zarr_format=2)
         self.labels = root["labels"].with_config(_WRITE_EMPTY)
         self.probabilities = (
             root["probabilities"].with_config(_WRITE_EMPTY) if probabilities else None
@@ -149,7 +149,7 @@ class StagingGroup:
         self.final = Location(final)
         if not self.final.name.endswith(".zarr"):
             raise OutputError(f"{self.final}: a label raster path must end in .zarr.")
-        self.stage = staging_path(self.final)
+        self.staging = staging_path(self.final)
         self.info = info
         self.grid = grid
         self.classes = list(classes)
@@ -169,7 +169,7 @@ class StagingGroup:
     def check_ours(self) -> None:
         """Raise :class:`OutputError` if the destination, the staging group or the
         previous-output folder exists and is not this project's."""
-        for path in (self.final, self.stage, self._old()):
+        for path in (self.final, self.staging, self._old()):
             check_ours(path)
 
     def _old(self) -> Location:
@@ -177,11 +177,11 @@ class StagingGroup:
 
     def create(self) -> None:
         """Start a fresh staging group (discarding any earlier partial one)."""
-        _remove_ours(self.stage)
+        _remove_ours(self.staging)
         # The format marker goes first, with the group itself: whatever stops this
         # run, the folder it leaves is recognisably this project's to replace.
         marker = {"format": layout.OUTPUT_FORMAT, "complete": False}
-        store = self.stage.zarr_store()
+        store = self.staging.zarr_store()
         root = zarr.open_group(store, mode="w", zarr_format=2, attributes=marker)
         info = self.info
         chunks = (min(self.grid.tile_size, info.height), min(self.grid.tile_size, info.width))
@@ -215,7 +215,7 @@ class StagingGroup:
         """Reuse a staging group left by an interrupted run of the same model,
         settings and source, returning the tiles it already holds; otherwise
         start afresh and return an empty set."""
-        if layout.has_identity(read_attrs(self.stage), self.identity):
+        if layout.has_identity(read_attrs(self.staging), self.identity):
             return self.done_tiles()
         self.create()
         return set()
@@ -223,7 +223,7 @@ class StagingGroup:
     def done_tiles(self) -> set[tuple[int, int]]:
         """Tiles whose chunks are all on disk (zarr writes each chunk file whole,
         to a temporary name then renamed)."""
-        keys = list(self.stage.list())
+        keys = list(self.staging.list())
         done = _chunk_indexes(keys, "labels/")
         if self.with_probabilities:
             done &= _chunk_indexes(keys, "probabilities/0.")
@@ -231,12 +231,12 @@ class StagingGroup:
 
     def chunks(self) -> ChunkWriter:
         """A writer of this group's chunks."""
-        return ChunkWriter(self.stage, probabilities=self.with_probabilities)
+        return ChunkWriter(self.staging, probabilities=self.with_probabilities)
 
     def publish(self, valid_pixels: int) -> Location:
         """Write the scene metadata and the completion marker last, then put the
         staging group in place (replacing an older output of the same scene)."""
-        root = zarr.open_group(self.stage.zarr_store(), mode="r+", zarr_format=2)
+        root = zarr.open_group(self.staging.zarr_store(), mode="r+", zarr_format=2)
         root.attrs.update(
             layout.published_attrs(
                 self.identity,
@@ -246,7 +246,7 @@ class StagingGroup:
                 tiles=len(self.grid),
             )
         )
-        zarr.consolidate_metadata(self.stage.zarr_store(), zarr_format=2)
+        zarr.consolidate_metadata(self.staging.zarr_store(), zarr_format=2)
         check_ours(self.final)  # replace only an output of this project
         if self.final.remote:
             self._copy_into_place()
@@ -255,7 +255,7 @@ class StagingGroup:
         _remove_ours(old)
         if self.final.exists():
             os.replace(self.final.path, old.path)
-        os.replace(self.stage.path, self.final.path)
+        os.replace(self.staging.path, self.final.path)
         _remove_ours(old)
         return self.final
 
@@ -276,8 +276,8 @@ class StagingGroup:
         the next run finds it published-ready (every tile on disk) and publishes
         it again; until then the scene reads as absent, never as whole.
         """
-        final, stage = self.final, self.stage
-        new = set(stage.list())
+        final, staging = self.final, self.staging
+        new = set(staging.list())
         old = set(final.list())
         if old:
             attrs = read_attrs(final) or {}
@@ -289,8 +289,8 @@ class StagingGroup:
         arrays = {k for k in new if k.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup")}
         order = sorted(new - arrays - metadata) + sorted(arrays - metadata)
         for key in [*order, ".zattrs", ".zmetadata"]:
-            (stage / key).copy_to(final / key)
-        stage.delete_tree()
+            (staging / key).copy_to(final / key)
+        staging.delete_tree()
 
 
 def _write_georeferencing(root: zarr.Group, info: SceneInfo) -> None:

@@ -26,10 +26,12 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    """One local Ray for the whole session (2 CPUs, no dashboard), always a new
+    one: ``address="local"`` never joins a Ray that someone else started on this
+    machine (``ray start`` makes itself the default for plain ``ray.init()``)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -291,7 +293,8 @@ def s3_server(tmp_path_factory):
     args += [f"-{n}.port={p}" for n, p in ports.items()]
     args += [f"-{n}.port.grpc={p}" for n, p in grpc.items()]
     args += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false"]
-    args += ["-master.telemetry=false", "-bucket=fcnrs"]
+    # As AWS does, a PUT into a bucket that does not exist fails (NoSuchBucket).
+    args += ["-master.telemetry=false", "-bucket=fcnrs", "-s3.autoCreateBucket=false"]
     saved = {k: os.environ.get(k) for k in (*S3_CREDENTIALS, "AWS_ENDPOINT_URL", "AWS_REGION")}
     os.environ.update(S3_CREDENTIALS)
     env = {**os.environ}
@@ -312,6 +315,16 @@ def s3_server(tmp_path_factory):
                 time.sleep(0.2)
         os.environ["AWS_ENDPOINT_URL"] = endpoint
         os.environ["AWS_REGION"] = "us-east-1"
+        from fcnrs.pipeline.storage import Location
+
+        while True:  # the bucket is created once the server is up
+            try:
+                Location("s3://fcnrs").children()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         yield endpoint
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -325,3 +338,56 @@ def s3_server(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class FaultProxy:
+    """A running ``tests/s3proxy.py``: its endpoint and what it logged."""
+
+    def __init__(self, endpoint: str, log: Path) -> None:
+        self.endpoint = endpoint
+        self.log = log
+
+    def entries(self) -> list[dict]:
+        import json
+
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def faults(self) -> list[dict]:
+        return [e for e in self.entries() if e["fault"]]
+
+
+@pytest.fixture
+def s3_proxy(s3_server, tmp_path, monkeypatch):
+    """Factory: start ``tests/s3proxy.py`` in its own process in front of the S3
+    server with the given ``--fault`` rules, point the AWS variables at it (for
+    this test), and stop it by its PID afterwards."""
+    import signal
+    import subprocess
+    import sys
+
+    started: list[subprocess.Popen] = []
+
+    def start(*faults: str, stall_seconds: float = 5.0) -> FaultProxy:
+        log = tmp_path / f"proxy-{len(started)}.jsonl"
+        upstream = s3_server.removeprefix("http://")
+        args = [sys.executable, str(Path(__file__).with_name("s3proxy.py")), "--upstream"]
+        args += [upstream, "--log", str(log), "--stall-seconds", str(stall_seconds)]
+        args += [f"--fault={f}" for f in faults]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        line = proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            raise RuntimeError(f"the fault proxy did not start: {line}")
+        endpoint = f"http://{line[1]}"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        return FaultProxy(endpoint, log)
+
+    yield start
+    for proc in started:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

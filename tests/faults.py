@@ -14,7 +14,13 @@ themselves (inside their error handling, as a real fault would be):
 - ``die``: the stage's process is killed with SIGKILL (a segfaulting GDAL driver,
   a CUDA fault, the kernel's OOM killer);
 - ``memory``: the stage raises ``MemoryError`` while the poison tile shares its
-  batch with others (a batch too big for the replica), and works alone.
+  batch with others (a batch too big for the replica), and works alone;
+- ``flaky``: the stage raises an ``OSError`` the first time this process meets
+  the poison tile, and works after (a transient fault);
+- ``hang``: the stage sleeps for a minute on the poison tile (a run killed while
+  the batch is in flight);
+- ``slow``: every call of the stage takes 20 ms longer (reads slower than the
+  model).
 
 In this process, call :func:`install`. In Ray workers, pass
 ``runtime_env={"worker_process_setup_hook": "tests.faults.install_from_env",
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +67,22 @@ def poisoned(value: Any, word: str) -> bool:
     return word in name and any((t.core.row, t.core.col) == (64, 64) for t in value.tiles)
 
 
+_MET: set[tuple[str, str]] = set()  # (stage, poison word) met once, for "flaky"
+
+
 def _faulty(fn, stage: str, how: str, word: str):
     def call(*args):
         # The read stage is called with the request, the model with the pixels,
         # the write stage with the request and the labels.
         value = args[-1] if stage != "write" else args[-2]
-        if poisoned(value, word):
+        if how == "slow":
+            time.sleep(0.02)
+        elif poisoned(value, word):
+            if how == "flaky" and (stage, word) not in _MET:
+                _MET.add((stage, word))
+                raise OSError(5, f"injected transient {stage} fault", "poison")
+            if how == "hang":
+                time.sleep(60)
             if how == "die":
                 os.kill(os.getpid(), signal.SIGKILL)
             if how == "raise":

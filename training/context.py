@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from fcnrs.fcn_model import HaloMeasurement, record_halo
 from fcnrs.pipeline.context import measure_halo
+from fcnrs.pipeline.storage import Location, local_copy
 
 from .settings import TrainSettings
 
@@ -38,28 +41,35 @@ def measure_reserve(settings: TrainSettings, validation_seconds: float) -> float
 
 
 def record_best_halo(settings: TrainSettings) -> HaloMeasurement | None:
-    """Measure ``<out>/best``'s halo and record it in the checkpoint and its report.
+    """Measure ``<out>/best``'s halo and record it in the checkpoint and its report
+    (``<out>`` local or ``s3://``: a remote checkpoint is measured and rewritten in
+    a local copy, then uploaded whole).
 
     Returns the measurement, or None when there is no exported model or the
     measurement failed (logged: the checkpoint is then left without a halo and
     runs fall back to the conservative one for its architecture).
     """
-    best = Path(settings.out) / "best"
+    out = Location(settings.out)
+    best = out / "best"
     if not best.is_file():
         return None
     started = time.perf_counter()
     scenes = [scene.image for scene in settings.val_scenes]
-    try:
-        measured = measure_halo(best, scenes, bands=settings.bands)
-    except (ValueError, OSError) as exc:
-        log.warning("%s: the halo was not measured (%s); runs will use the default", best, exc)
-        return None
-    record_halo(best, measured)
-    report_path = Path(settings.out) / "best_report.json"
+    with tempfile.TemporaryDirectory(prefix="fcnrs-halo-") as tmp:
+        local = Path(tmp) / "best"
+        shutil.copyfile(local_copy(str(best)), local)
+        try:
+            measured = measure_halo(local, scenes, bands=settings.bands)
+        except (ValueError, OSError) as exc:
+            log.warning("%s: the halo was not measured (%s); runs will use the default", best, exc)
+            return None
+        record_halo(local, measured)
+        best.upload(local)  # whole: a rename into place, or one object
+    report_path = out / "best_report.json"
     if report_path.is_file():
-        report = json.loads(report_path.read_text())
+        report = json.loads(report_path.read_bytes())
         report["halo"] = asdict(measured)
-        report_path.write_text(json.dumps(report, indent=2))
+        report_path.write_bytes(json.dumps(report, indent=2).encode("utf-8"))
     log.info(
         "halo %s, in %.1f s; recorded in %s",
         measured.describe(),

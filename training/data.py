@@ -1,7 +1,9 @@
 """Labeled scenes for fine-tuning: the scene table and the class list.
 
 The table is a CSV with columns ``image,label,split`` (split ``train`` or
-``val``); relative paths are relative to the CSV. Each image and its label
+``val``); relative paths are relative to the CSV. The table, the rasters it
+lists and a class file may be local or ``s3://`` (a relative line of a table in
+S3 names an object beside it). Each image and its label
 raster must share a grid: the same CRS, transform and size, checked from the
 headers before any training starts, with an error naming both files.
 """
@@ -9,15 +11,18 @@ headers before any training starts, with an error naming both files.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from fcnrs.fcn_model import default_colors
 from fcnrs.pipeline.errors import SceneError
 from fcnrs.pipeline.reading import open_raster
+from fcnrs.pipeline.storage import Location, is_url
 
 SPLITS = ("train", "val")
 
@@ -36,13 +41,14 @@ class ClassList:
 
 
 def read_scene_table(path: str | PathLike[str]) -> list[LabeledScene]:
-    """Read and check the CSV of labeled scenes (grids included)."""
-    path = Path(path)
+    """Read and check the CSV of labeled scenes (grids included), local or in S3."""
+    where = Location(path)
     try:
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise SceneError(path, f"cannot read the scene table ({exc})") from exc
+        text = where.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = str(exc).removeprefix(f"{where}: ")  # storage errors name the URL
+        raise SceneError(path, f"cannot read the scene table ({reason})") from None
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     missing = {"image", "label", "split"} - set(rows[0] if rows else {})
     if not rows or missing:
         raise SceneError(
@@ -55,16 +61,24 @@ def read_scene_table(path: str | PathLike[str]) -> list[LabeledScene]:
         split = row["split"].strip().lower()
         if split not in SPLITS:
             raise SceneError(path, f"line {n}: split must be train or val, got {row['split']!r}")
-        image, label = (
-            # Absolute: Ray workers do not share the driver's working directory.
-            str(p if "://" in p else (path.parent / p).resolve())
-            for p in (row["image"].strip(), row["label"].strip())
-        )
+        image, label = (beside(where, p) for p in (row["image"].strip(), row["label"].strip()))
         check_same_grid(image, label)
         scenes.append(LabeledScene(image, label, split))
     if not any(s.split == "train" for s in scenes):
         raise SceneError(path, "no scene has split=train")
     return scenes
+
+
+def beside(table: Location, path: str) -> str:
+    """A path from the table: URLs and absolute paths as they are; a relative
+    one relative to the table, absolute (Ray workers do not share the driver's
+    working directory), in S3 the key beside the table's."""
+    if is_url(path) or Path(path).is_absolute():
+        return path
+    if table.remote:
+        key = posixpath.normpath(posixpath.join(PurePosixPath(table.key).parent.as_posix(), path))
+        return f"s3://{table.bucket}/{key}"
+    return str((table.path.parent / path).resolve())
 
 
 def check_same_grid(image: str, label: str) -> None:
@@ -88,11 +102,13 @@ def check_same_grid(image: str, label: str) -> None:
 
 def parse_classes(spec: str) -> ClassList:
     """Class names as ``forest,water,...`` or a JSON/YAML file of names and colours:
-    ``[{"name": "water", "color": [0, 0, 255]}, ...]`` or ``{"water": [0, 0, 255], ...}``."""
-    path = Path(spec)
-    if path.suffix.lower() in (".json", ".yaml", ".yml") and path.is_file():
-        text = path.read_text()
-        if path.suffix.lower() == ".json":
+    ``[{"name": "water", "color": [0, 0, 255]}, ...]`` or ``{"water": [0, 0, 255], ...}``
+    (the file local or in S3)."""
+    suffix = PurePosixPath(spec).suffix.lower()
+    where = Location(spec) if suffix in (".json", ".yaml", ".yml") else None
+    if where is not None and where.is_file():
+        text = where.read_bytes().decode("utf-8")
+        if suffix == ".json":
             raw = json.loads(text)
         else:
             import yaml

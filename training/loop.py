@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from fcnrs.fcn_model import build_model, load_checkpoint, load_vgg16_weights, save_checkpoint
 from fcnrs.pipeline.inference import resolve_precision
+from fcnrs.pipeline.storage import Location, local_copy
 
 from .context import measure_reserve, record_best_halo
 from .sampling import IGNORE_INDEX, Prefetcher, WindowSampler
@@ -71,10 +72,10 @@ def initial_model(s: TrainSettings) -> torch.nn.Module:
         for module in model.modules():
             if hasattr(module, "reset_parameters") and module.weight.requires_grad:
                 module.reset_parameters()  # torch's default: Kaiming-uniform, a = sqrt(5)
-    if s.init_vgg16:
-        load_vgg16_weights(model, s.init_vgg16)
+    if s.init_vgg16:  # local or s3:// (fetched once per version, on each node)
+        load_vgg16_weights(model, local_copy(s.init_vgg16))
     if s.init:
-        parent, meta = load_checkpoint(s.init)
+        parent, meta = load_checkpoint(local_copy(s.init))
         own = model.state_dict()
         same_classes = tuple(meta.classes) == tuple(s.classes)
         keep = {
@@ -446,27 +447,29 @@ def end_epoch(
 def export_best(
     model: torch.nn.Module, s: TrainSettings, epoch: int, val: dict[str, Any] | None
 ) -> None:
-    """Write ``<out>/best`` (a checkpoint the nightly job takes as it is) and its
-    report; ``val`` None: the run has no val scenes and this is its last model."""
-    out = Path(s.out)
-    save_checkpoint(
-        out / "best",
-        model,
-        classes=s.classes,
-        bands=s.bands,
-        mean=s.mean,
-        std=s.std,
-        colors=s.colors,
-        provenance={
-            "trained_by": s.trained_by,
-            "epoch": epoch,
-            "val_mean_iou": val["mean_iou"] if val else None,
-            "init": s.init or s.init_vgg16 or "scratch",
-            "scenes": [asdict(sc) for sc in s.scenes],
-        },
-    )
+    """Write ``<out>/best`` (a checkpoint the nightly job takes as it is), then its
+    report, each whole (``<out>`` local or ``s3://``); ``val`` None: the run has
+    no val scenes and this is its last model."""
+    out = Location(s.out)
+    with (out / "best").staged() as staged:
+        save_checkpoint(
+            staged,
+            model,
+            classes=s.classes,
+            bands=s.bands,
+            mean=s.mean,
+            std=s.std,
+            colors=s.colors,
+            provenance={
+                "trained_by": s.trained_by,
+                "epoch": epoch,
+                "val_mean_iou": val["mean_iou"] if val else None,
+                "init": s.init or s.init_vgg16 or "scratch",
+                "scenes": [asdict(sc) for sc in s.scenes],
+            },
+        )
     report = {"epoch": epoch, **val} if val else {"epoch": epoch, "validated": False}
-    (out / "best_report.json").write_text(json.dumps(report, indent=2))
+    (out / "best_report.json").write_bytes(json.dumps(report, indent=2).encode("utf-8"))
 
 
 # -- the epochs, for either runner ------------------------------------------------------

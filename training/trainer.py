@@ -3,10 +3,13 @@
 :func:`finetune` builds :class:`~fcnrs.training.settings.TrainSettings` from the
 job's arguments (scene table, classes, bands, band statistics), runs
 :func:`~fcnrs.training.loop.train_loop_per_worker` under a ``TorchTrainer``
-(workers, failures and checkpoints kept under ``OUT/ray_results``), measures
-and records the halo the best model needs (:mod:`fcnrs.training.context`) and
-writes every epoch's record to ``OUT/report.json``. Re-running with the same ``OUT``
-continues from the last checkpoint Ray Train registered.
+(workers, failures and checkpoints kept under ``OUT/ray_results``) and writes
+every epoch's record to ``OUT/report.json``. Re-running with the same ``OUT``
+continues from the last checkpoint Ray Train registered. ``OUT`` may be an
+``s3://`` prefix: Ray Train then keeps its state there too, through a pyarrow
+S3 filesystem built from the same AWS variables
+(:func:`~fcnrs.pipeline.storage.arrow_filesystem`). Last, the halo the best
+model needs is measured and recorded in it (:mod:`fcnrs.training.context`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fcnrs.pipeline.reading import open_raster
+from fcnrs.pipeline.storage import Location, arrow_filesystem
 
 from .context import record_best_halo
 from .data import LabeledScene, parse_classes, read_scene_table
@@ -41,7 +45,7 @@ def default_bands(scenes: tuple[LabeledScene, ...]) -> tuple[int, ...]:
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """The run's settings from the job's arguments, with band statistics measured
     on the training scenes."""
-    out = Path(args.out).resolve()
+    out = Location(args.out)
     scenes = tuple(read_scene_table(args.scenes))
     classes = parse_classes(args.classes)
     bands = tuple(args.bands) if args.bands else default_bands(scenes)
@@ -50,7 +54,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         classes=classes.names,
         colors=classes.colors,
         bands=bands,
-        out=str(out),
+        out=str(out if out.remote else out.path.resolve()),
         variant=args.variant,
         width=args.width,
         window=args.window,
@@ -131,6 +135,13 @@ def make_trainer(settings: TrainSettings, args: argparse.Namespace, budget: Budg
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    results = Location(settings.out) / "ray_results"
+    if results.remote:  # the path inside the bucket, on a filesystem that reaches it
+        storage = {"storage_path": f"{results.bucket}/{results.key}"}
+        storage["storage_filesystem"] = arrow_filesystem()
+    else:
+        storage = {"storage_path": str(results)}
+
     return TorchTrainer(
         train_loop_per_worker,
         # The budget is set once, from the job's start: restarted workers keep it.
@@ -145,24 +156,25 @@ def make_trainer(settings: TrainSettings, args: argparse.Namespace, budget: Budg
         ),
         run_config=RunConfig(
             name="finetune",
-            storage_path=str(Path(settings.out) / "ray_results"),
+            **storage,
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         ),
     )
 
 
-def write_report(out: str | Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+def write_report(out: str | Path | Location, history: list[dict[str, Any]]) -> dict[str, Any]:
     """Write every epoch's record to ``out/report.json``; return the best export's
     report (``out/best_report.json``, empty when nothing was exported)."""
-    out = Path(out)
-    (out / "report.json").write_text(json.dumps(history, indent=2))
+    out = Location(out)
+    (out / "report.json").write_bytes(json.dumps(history, indent=2).encode("utf-8"))
     best = out / "best_report.json"
-    return json.loads(best.read_text()) if best.exists() else {}
+    return json.loads(best.read_bytes()) if best.is_file() else {}
 
 
-def finetune(args: argparse.Namespace) -> int:
+def finetune(args: argparse.Namespace, settings: TrainSettings | None = None) -> int:
     """The whole job (Ray must be initialised): 0 once ``OUT/best`` exists, else 1.
+    ``settings``: :func:`settings_from_args`'s, when the caller made them already.
 
     ``--time-limit`` counts from this process's start, so Ray's and Ray Train's
     start-up, the band statistics, training, validation and the export all fit in it.
@@ -170,9 +182,10 @@ def finetune(args: argparse.Namespace) -> int:
     import psutil
 
     budget = Budget.minutes(args.time_limit, start=psutil.Process().create_time())
-    settings = settings_from_args(args)
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = settings or settings_from_args(args)
+    out = Location(settings.out)
+    if not out.remote:
+        out.path.mkdir(parents=True, exist_ok=True)
     result = make_trainer(settings, args, budget).fit()
     history: list[dict[str, Any]] = []
     if result.checkpoint:
@@ -187,4 +200,4 @@ def finetune(args: argparse.Namespace) -> int:
     print(f"best checkpoint: {out / 'best'}")
     if halo is not None:
         print(f"its halo (recorded in it): {halo.describe()}")
-    return 0 if (out / "best").exists() else 1
+    return 0 if (out / "best").is_file() else 1

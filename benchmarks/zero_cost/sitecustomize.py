@@ -12,7 +12,7 @@ until the project's own modules are imported:
   validity, normalisation, transfers between stages, argmax, writes);
 - ``fcnrs.pipeline.distributed.stages``: the bytes each stage hands to the next
   are appended to ``$FCNRS_FEED_STATS/bytes-<pid>.txt``;
-- ``fcnrs.pipeline.distributed.driver``: the time the first batch went to the
+- ``fcnrs.pipeline.distributed.feed`` (``driver`` in older commits): the time the first batch went to the
   engine and the time the run's batches were all done go to
   ``$FCNRS_FEED_STATS/run-<pid>.json``.
 
@@ -43,25 +43,24 @@ def _nbytes(value):
     return 0
 
 
-def _count(stage, value):
+def _count(stage, value, cpu=0.0, start=0.0):
     with open(os.path.join(_STATS, f"bytes-{os.getpid()}.txt"), "a") as fh:
-        fh.write(f"{stage} {_nbytes(value)}\n")
+        fh.write(f"{stage} {_nbytes(value)} {cpu} {start} {time.time()}\n")
 
 
 def _patch_network(module):
     import torch
 
-    zeros = {}  # one zero tensor per shape, made once: a model that costs nothing
+    zeros = {}  # one buffer of zeros, grown when needed: a model that costs nothing
 
     def forward(self, x):
-        shape = (x.shape[0], self.num_classes, x.shape[2], x.shape[3])
-        key = (shape, x.dtype, x.device)
-        if key not in zeros:
-            out = torch.empty(
-                shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last
-            )
-            zeros[key] = out.zero_()
-        return zeros[key]
+        n, _, h, w = x.shape
+        size = n * h * w * self.num_classes
+        key = (x.dtype, x.device)
+        if key not in zeros or zeros[key].numel() < size:
+            zeros[key] = torch.zeros(size, dtype=x.dtype, device=x.device)
+        # Channels-last scores, as the real network's last layer returns them.
+        return zeros[key][:size].view(n, h, w, self.num_classes).permute(0, 3, 1, 2)
 
     module.FCN.forward = forward
 
@@ -73,24 +72,45 @@ def _patch_stages(module):
 
     @functools.wraps(read)
     def read_stage(*args, **kwargs):
+        start, wall = time.thread_time(), time.time()
         out = read(*args, **kwargs)
-        _count("read", out)
+        _count("read", out, time.thread_time() - start, wall)
         return out
 
     module.read_stage = read_stage
-    infer = module.PredictStage.infer  # what every replica's call ends with
+    write = module.write_stage
+
+    @functools.wraps(write)
+    def write_stage(*args, **kwargs):
+        start, wall = time.thread_time(), time.time()
+        out = write(*args, **kwargs)
+        _count("write", out, time.thread_time() - start, wall)
+        return out
+
+    module.write_stage = write_stage
+    # What every replica's call ends with (``__call__`` in versions before the
+    # call was split into prepare and infer, so older commits measure alike).
+    name = "infer" if hasattr(module.PredictStage, "infer") else "__call__"
+    infer = getattr(module.PredictStage, name)
 
     @functools.wraps(infer)
     def counted(self, *args, **kwargs):
+        start, wall = time.thread_time(), time.time()
         out = infer(self, *args, **kwargs)
-        _count("predict", out)
+        _count("predict", out, time.thread_time() - start, wall)
         return out
 
-    module.PredictStage.infer = counted
+    setattr(module.PredictStage, name, counted)
+    if name == "__call__":
+        module.PredictStage.predict = counted
 
 
 def _patch_driver(module):
-    drive = module._drive
+    """The driver loop: ``feed.drive``, or ``driver._drive`` in older commits."""
+    name = "drive" if hasattr(module, "drive") else "_drive"
+    if not hasattr(module, name):
+        return
+    drive = getattr(module, name)
     marks = {}
 
     def submit_wrapper(submit):
@@ -109,15 +129,77 @@ def _patch_driver(module):
             with open(os.path.join(_STATS, f"run-{os.getpid()}.json"), "w") as fh:
                 json.dump(marks, fh)
 
-    module._drive = _drive
+    setattr(module, name, _drive)
+
+
+def _patch_local(module):
+    """With ``FCNRS_IN_PROCESS=1``: the local engine's thread pipeline in the job's
+    own process, as before it moved into a worker process, to measure what the
+    worker costs (the same stages, threads and depth)."""
+    import queue as queue_module
+
+    class InProcess:
+        name = "local"
+        broken = None
+        ready = True
+
+        def __init__(self, predict_args, *, readers=None, writers=None, depth=None, setup=None):
+            from fcnrs.pipeline.distributed import stages
+
+            cpus = module.available_cpus()
+            self.readers = readers or cpus
+            self.depth = depth or module.default_depth(self.readers)
+            self.predict = stages.PredictStage(**predict_args)
+            self.replica = self.predict.replica
+            writers = writers or min(module.WRITE_THREADS, cpus)
+            self.pipeline = module.ThreadPipeline(
+                self.predict, readers=self.readers, writers=writers
+            )
+            self.flight, self.seq = {}, 0
+
+        def room(self):
+            return self.depth - len(self.flight)
+
+        def submit(self, item, request):
+            self.seq += 1
+            self.flight[self.seq] = item
+            self.pipeline.submit(self.seq, request)
+
+        def forget(self, scene_id):
+            pass
+
+        def batch_size(self, window):
+            return self.predict.batch_size(window)
+
+        def poll(self, timeout):
+            out = []
+            try:
+                key, result = self.pipeline.done.get(timeout=timeout)
+            except queue_module.Empty:
+                return out
+            out.append((self.flight.pop(key), result))
+            while True:
+                try:
+                    key, result = self.pipeline.done.get_nowait()
+                except queue_module.Empty:
+                    return out
+                out.append((self.flight.pop(key), result))
+
+        def close(self):
+            self.pipeline.close()
+
+    module.LocalEngine = InProcess
 
 
 _PATCHES = {
     "fcnrs.pipeline.distributed.stages": _patch_stages,
     "fcnrs.pipeline.distributed.driver": _patch_driver,
+    "fcnrs.pipeline.distributed.feed": _patch_driver,
 }
 if os.environ.get("FCNRS_ZERO_COST") == "1":
     _PATCHES["fcnrs.fcn_model.network"] = _patch_network
+if os.environ.get("FCNRS_IN_PROCESS") == "1":
+    _PATCHES["fcnrs.pipeline.distributed.local"] = _patch_local
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -1,18 +1,33 @@
-"""The run's local engine: the same three stages in this process, no Ray.
+"""The run's local engine: the same three stages on this machine, no Ray.
 
 On one machine Ray's fixed costs (starting the cluster, an actor, shipping every
 batch through the object store) are paid in full on every run. Here the stages
-run as a thread pipeline instead, each stage on its own pool:
+run as a thread pipeline (:class:`ThreadPipeline`), each stage on its own pool:
 
 - reads on one thread per CPU: GDAL decodes with the GIL released, each thread
   with its own dataset handle, and the decoded pieces of a scene are shared
-  (:class:`~fcnrs.pipeline.reading.SceneReader`); the same thread then
+  (:class:`~fcnrs.pipeline.batch_reading.SceneReader`); the same thread then
   prepares the batch for the model (normalises and masks it on the model's
   device, :meth:`~fcnrs.pipeline.inference.Predictor.prepare`), so that work
   scales with the read threads too;
 - the model on one thread, which itself computes on every core (torch's
   threads) or drives the GPU;
 - writes on a few threads: zstd and file writes release the GIL too.
+
+The pipeline runs in a **worker process** of its own (:class:`LocalEngine`
+starts it and watches it), so that whatever can crash a process (a GDAL or
+codec fault on a malformed block, the model, the kernel's OOM killer) kills the
+worker, not the run. Only small values cross between the two: the batches'
+orders (:class:`~fcnrs.pipeline.batches.BatchRequest`) and their write
+summaries; pixels and labels stay in the worker. When the worker dies, the
+engine starts a fresh one and tells the driver what the death means:
+
+- with one batch in flight, that batch killed it: it is charged a retry (split
+  in two first, as a death looks like the OOM killer's work);
+- with several, none is charged yet: they are retried for free, one at a time
+  (the engine holds its depth at one until each has come back), so the next
+  death names its batch exactly. A poison batch then uses its retries and its
+  scene fails; the innocent ones finish.
 
 Enough batches are in flight that the model always has one waiting while the
 others are read and written; memory holds those batches whatever the scene
@@ -22,10 +37,17 @@ the same, and so are the failures the driver sees.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import multiprocessing
 import os
 import queue
+import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ..batches import BatchRequest, WriteSummary
@@ -36,6 +58,9 @@ from .retries import Failure, WorkItem
 #: Write threads at most: a chunk takes about a millisecond to compress and
 #: write, so a few keep up with any model.
 WRITE_THREADS = 4
+#: Worker start failures in a row (its process dying before its model loaded)
+#: that end the run.
+START_FAILURES = 3
 
 
 def available_cpus() -> int:
@@ -53,27 +78,11 @@ def default_depth(readers: int) -> int:
     return readers + 4
 
 
-class LocalEngine:
-    """Runs work items through read, predict and write thread pools; :meth:`poll`
-    returns each item's write summary, or its :class:`Failure`."""
+class ThreadPipeline:
+    """Work items through read, predict and write thread pools, in this process;
+    finished items land in :attr:`done` as ``(key, WriteSummary | Failure)``."""
 
-    name = "local"
-    broken: str | None = None  # the replica is this process: it never goes missing
-
-    def __init__(
-        self,
-        predict: stages.PredictStage,
-        *,
-        readers: int | None = None,
-        writers: int | None = None,
-        depth: int | None = None,
-    ) -> None:
-        keep_freed_memory()  # before the pools start their threads
-        cpus = available_cpus()
-        readers = readers or cpus
-        writers = writers or min(WRITE_THREADS, cpus)
-        self.depth = depth or default_depth(readers)
-        self.predict = predict
+    def __init__(self, predict: stages.PredictStage, *, readers: int, writers: int) -> None:
         self.pools = [
             ThreadPoolExecutor(readers, "fcnrs-read"),
             ThreadPoolExecutor(1, "fcnrs-predict"),
@@ -84,53 +93,245 @@ class LocalEngine:
             lambda _, prepared: predict.infer(prepared),
             lambda request, labels: stages.write_stage(request, labels),
         ]
-        self.done: queue.SimpleQueue[tuple[WorkItem, WriteSummary | Failure]] = queue.SimpleQueue()
-        self.in_flight = 0
+        self.done: queue.SimpleQueue[tuple[Any, WriteSummary | Failure]] = queue.SimpleQueue()
 
-    def room(self) -> int:
-        return self.depth - self.in_flight
+    def submit(self, key: Any, request: BatchRequest) -> None:
+        self._run(key, request, 0, None)
 
-    def batch_size(self, window: tuple[int, int]) -> int:
-        """Tiles per batch for windows of this shape on this process's device."""
-        return self.predict.batch_size(window)
-
-    def submit(self, item: WorkItem, request: BatchRequest) -> None:
-        self.in_flight += 1
-        self._run(item, request, 0, None)
-
-    def _run(self, item: WorkItem, request: BatchRequest, step: int, value: Any) -> None:
+    def _run(self, key: Any, request: BatchRequest, step: int, value: Any) -> None:
         future = self.pools[step].submit(self.steps[step], request, value)
-        future.add_done_callback(lambda f: self._then(item, request, step, f))
+        future.add_done_callback(lambda f: self._then(key, request, step, f))
 
-    def _then(self, item: WorkItem, request: BatchRequest, step: int, future: Future) -> None:
-        if future.cancelled():  # the engine is closing: nobody waits for it
+    def _then(self, key: Any, request: BatchRequest, step: int, future: Future) -> None:
+        if future.cancelled():  # closing: nobody waits for it
             return
         exc = future.exception()
         if exc is not None:
-            self.done.put((item, Failure.from_exception(exc)))
+            self.done.put((key, Failure.from_exception(exc)))
         elif step + 1 < len(self.steps):
-            self._run(item, request, step + 1, future.result())
+            self._run(key, request, step + 1, future.result())
         else:
-            self.done.put((item, future.result()))
-
-    def poll(self, timeout: float) -> list[tuple[WorkItem, WriteSummary | Failure]]:
-        """Finished items: waits up to ``timeout`` seconds for the first."""
-        if not self.in_flight:
-            return []
-        try:
-            out = [self.done.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                out.append(self.done.get_nowait())
-            except queue.Empty:
-                break
-        self.in_flight -= len(out)
-        return out
+            self.done.put((key, future.result()))
 
     def close(self) -> None:
         for pool in self.pools:
             pool.shutdown(wait=False, cancel_futures=True)
-        if not self.in_flight:  # else a stage may still use a reader (an interrupted run)
-            stages.close_cached()
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux), so a
+    driver killed with SIGKILL never leaves a worker writing behind it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _serve(
+    conn: Connection,
+    predict_args: dict[str, Any],
+    readers: int,
+    writers: int,
+    setup: Callable[[], None] | None,
+) -> None:
+    """The worker process: load the model, then run what the engine sends."""
+    _die_with_parent()
+    # The driver decides what a signal means (records, then stops this process).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    keep_freed_memory()  # before any thread of this process exists
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    try:
+        if setup is not None:
+            setup()
+        predict = stages.PredictStage(**predict_args)
+    except Exception as exc:
+        send(("broken", f"{type(exc).__name__}: {exc}"))
+        return
+    send(("ready", predict.replica))
+    pipeline = ThreadPipeline(predict, readers=readers, writers=writers)
+
+    def report() -> None:
+        while True:
+            key, result = pipeline.done.get()
+            if key is None:
+                return
+            send(("done", key, result))
+
+    reporter = threading.Thread(target=report, name="fcnrs-report", daemon=True)
+    reporter.start()
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:  # the engine is gone
+                break
+            if message[0] == "submit":
+                pipeline.submit(message[1], message[2])
+            elif message[0] == "batch_size":
+                send(("batch_size", predict.batch_size(message[1])))
+            else:  # "close"
+                break
+    finally:
+        pipeline.done.put((None, None))  # type: ignore[arg-type]
+        pipeline.close()
+
+
+class LocalEngine:
+    """Runs work items in a worker process of this machine (:class:`ThreadPipeline`
+    there), replacing it when it dies; :meth:`poll` returns each item's write
+    summary, or its :class:`Failure`.
+
+    Parameters
+    ----------
+    predict_args
+        What the worker builds its :class:`~.stages.PredictStage` from.
+    readers, writers
+        Read and write threads (default: one read thread per CPU, a few writers).
+    depth
+        Batches in flight (default :func:`default_depth`).
+    setup
+        A picklable function the worker process calls first (tests inject faults
+        with it, as Ray's ``worker_process_setup_hook`` does for Ray's workers).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        predict_args: dict[str, Any],
+        *,
+        readers: int | None = None,
+        writers: int | None = None,
+        depth: int | None = None,
+        setup: Callable[[], None] | None = None,
+    ) -> None:
+        cpus = available_cpus()
+        self.readers = readers or cpus
+        self.writers = writers or min(WRITE_THREADS, cpus)
+        self.depth = depth or default_depth(self.readers)
+        self.predict_args, self.setup = predict_args, setup
+        self.context = multiprocessing.get_context("spawn")  # never fork threads
+        self.flight: dict[int, WorkItem] = {}
+        # (scene, tile) of the batches in flight at a death: run one at a time.
+        self.suspects: set[tuple[int, tuple[int, int]]] = set()
+        self.seq = 0
+        self.start_failures = 0
+        self.broken: str | None = None
+        self.replica = ""
+        self._start()
+
+    def _start(self) -> None:
+        parent, child = self.context.Pipe()
+        args = (child, self.predict_args, self.readers, self.writers, self.setup)
+        self.process = self.context.Process(target=_serve, args=args, name="fcnrs-worker")
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.ready = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.flight)
+
+    def room(self) -> int:
+        if not self.ready or self.broken:
+            return 0
+        if self.suspects:  # one at a time, so that a death names its batch
+            return 0 if self.flight else 1
+        return self.depth - len(self.flight)
+
+    def submit(self, item: WorkItem, request: BatchRequest) -> None:
+        self.seq += 1
+        self.flight[self.seq] = item
+        self.conn.send(("submit", self.seq, request))
+
+    def forget(self, scene_id: int) -> None:
+        """A scene is closed (failed): its batches will not come again."""
+        self.suspects = {s for s in self.suspects if s[0] != scene_id}
+
+    @staticmethod
+    def _tiles(item: WorkItem) -> set[tuple[int, tuple[int, int]]]:
+        return {(item.scene_id, t.index) for t in item.tiles}
+
+    def batch_size(self, window: tuple[int, int]) -> int | None:
+        """Tiles per batch for windows of this shape, as the worker's device
+        holds them; None until the worker runs."""
+        self.poll(0.5)
+        if self.broken:
+            from ..inference import CPU_BATCH
+
+            return CPU_BATCH  # the driver fails the scenes with the engine's reason
+        if not self.ready:
+            return None
+        self.conn.send(("batch_size", window))
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and self.ready:
+            for message in self._receive(1.0):
+                if message[0] == "batch_size":
+                    return int(message[1])
+        return None
+
+    def poll(self, timeout: float) -> list[tuple[WorkItem, WriteSummary | Failure]]:
+        """Finished items: waits up to ``timeout`` seconds for the first."""
+        out: list[tuple[WorkItem, WriteSummary | Failure]] = []
+        for message in self._receive(timeout):
+            if message[0] == "done":
+                item = self.flight.pop(message[1])
+                self.suspects -= self._tiles(item)  # it came back: not a killer
+                out.append((item, message[2]))
+        if not self.process.is_alive() and not self.broken:
+            out.extend(self._died())
+        return out
+
+    def _receive(self, timeout: float) -> list[tuple[Any, ...]]:
+        """Messages from the worker (waiting up to ``timeout`` for one), handling
+        its start; its death is left to :meth:`poll`."""
+        messages: list[tuple[Any, ...]] = []
+        wait([self.conn, self.process.sentinel], timeout)
+        while self.conn.poll():
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the worker died: poll() sees to it
+                break
+            if message[0] == "ready":
+                self.ready, self.replica, self.start_failures = True, message[1], 0
+            elif message[0] == "broken":
+                self.broken = f"model replicas cannot start ({message[1]})"
+            else:
+                messages.append(message)
+        return messages
+
+    def _died(self) -> list[tuple[WorkItem, Failure]]:
+        """The worker's process died: start another, and say what it means for
+        the batches it held (see the module's docstring)."""
+        self.process.join(5)
+        code = self.process.exitcode
+        how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
+        reason = f"the local worker process died ({how})"
+        held = list(self.flight.values())
+        self.flight.clear()
+        self.conn.close()
+        if not self.ready:
+            self.start_failures += 1
+            if self.start_failures >= START_FAILURES:
+                self.broken = f"model replicas cannot start ({reason} while loading the model)"
+                return [(item, Failure(reason, memory=True, charged=False)) for item in held]
+        self._start()
+        for item in held:  # its halves too, after a split: one at a time
+            self.suspects |= self._tiles(item)
+        if len(held) == 1:
+            return [(held[0], Failure(reason, memory=True))]
+        return [(item, Failure(reason, memory=True, charged=False)) for item in held]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send(("close",))
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()

@@ -40,11 +40,16 @@ from ..inference import CPU_BATCH
 from ..memory import ALLOCATOR_ENV
 from .replicas import IO_TASK_CPUS, ReplicaPlan
 from .retries import Failure, WorkItem
-from .stages import PredictStage, read_stage, write_stage
+from .stages import PredictStage, read_stage, warm_up, write_stage
 
 #: Items in flight per replica at first: one being read, one in the model, one
 #: being written.
 DEPTH = 3
+#: Read and write workers started per replica before the first batch.
+WARM_WORKERS = 2
+#: Calls a replica runs at once: one in the model, the next being prepared
+#: (normalised and masked on the device) beside it.
+CONCURRENCY = 2
 #: The most items in flight per replica, whatever the latency: its memory bound.
 MAX_DEPTH = 12
 #: A replica busy less than this share of its recent time, with all its items in
@@ -130,6 +135,7 @@ class RayEngine:
             num_gpus=plan.num_gpus or None,
             max_restarts=0,  # replaced by this engine, which knows which item killed it
             max_task_retries=0,
+            max_concurrency=CONCURRENCY,
             runtime_env=env,
         )
         io = {"num_cpus": IO_TASK_CPUS, "max_retries": 0, "runtime_env": env}
@@ -144,6 +150,10 @@ class RayEngine:
         self.idle_since = time.monotonic()  # when the last running replica was lost
         for _ in range(plan.replicas):
             self._start()
+        # Start the read and write workers while the replicas load their models:
+        # a worker's first task otherwise pays its process start and imports.
+        warm = ray.remote(warm_up).options(**io)
+        self.warming = [warm.remote() for _ in range(WARM_WORKERS * plan.replicas)]
 
     def _start(self) -> None:
         actor = self.actor_class.remote(**self.predict_args)
@@ -154,6 +164,9 @@ class RayEngine:
 
     def room(self) -> int:
         return sum(r.depth - len(r.items) for r in self._live())
+
+    def forget(self, scene_id: int) -> None:
+        """A scene is closed; nothing of it is held here."""
 
     def batch_size(self, window: tuple[int, int]) -> int | None:
         """Tiles per batch for windows of this shape, as the first replica to
@@ -219,7 +232,7 @@ class RayEngine:
     def _started(self, ref: Any) -> None:
         actor = self.starting.pop(ref)
         try:
-            self.ray.get(ref)  # raises what the constructor raised
+            name = self.ray.get(ref)  # raises what the constructor raised
         except Exception as exc:
             # The constructor's own exception is the last line of Ray's message.
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -233,6 +246,7 @@ class RayEngine:
             return
         self.start_failures = 0
         self.replicas.append(_Replica(actor))
+        log.info("replica %s is ready", name)  # node:pid, as the summary names it
 
     def _lose(self, replica: _Replica) -> None:
         """A replica's process died: replace it with a fresh one."""

@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ..batch_reading import SceneReader
 from ..batches import BatchRequest, LabelBatch, PixelBatch, WriteSummary
 from ..memory import keep_freed_memory
-from ..reading import SceneReader
 from ..storage import Location
 from ..writing import ChunkWriter, staging_path
 from .retries import guarded
@@ -106,9 +106,16 @@ def close_cached() -> None:
     _WRITERS.clear()
 
 
+def warm_up() -> None:
+    """Nothing but what a read or write task's process needs loaded (this module
+    and the libraries it imports) and its allocator settings."""
+    keep_freed_memory()
+    import zarr  # noqa: F401  the writer's, imported on its first chunk otherwise
+
+
 @guarded("read")
 def read_stage(request: BatchRequest) -> PixelBatch:
-    """Read a batch's windows as stored (:meth:`~fcnrs.pipeline.reading.SceneReader.read_batch`).
+    """Read a batch's windows as stored (:meth:`~fcnrs.pipeline.batch_reading.SceneReader.read_batch`).
     Any exception becomes a :class:`~fcnrs.pipeline.distributed.retries.StageError`."""
     # The source's version is part of the key: a scene replaced between runs of a
     # long-lived worker is opened anew.
@@ -155,6 +162,9 @@ class PredictStage:
         self.predictor = Predictor(
             model, device=device, precision=precision, probabilities=probabilities, tta=tta
         )
+        # One batch in the model at a time; another may be prepared meanwhile
+        # (a Ray replica takes two calls at once, see ray_engine.CONCURRENCY).
+        self._model = threading.Lock()
 
     def ready(self) -> str:
         """The replica's name, once its model is loaded."""
@@ -172,7 +182,8 @@ class PredictStage:
 
     @guarded("predict")
     def infer(self, prepared: Prepared) -> LabelBatch:
-        return replace(self.predictor.infer(prepared), replica=self.replica)
+        with self._model:
+            return replace(self.predictor.infer(prepared), replica=self.replica)
 
     def __call__(self, pixels: PixelBatch) -> LabelBatch:
         return self.infer(self.prepare(pixels))
@@ -184,11 +195,11 @@ class PredictStage:
 def write_stage(request: BatchRequest, labels: LabelBatch) -> WriteSummary:
     """Write every tile of a batch, each into its own chunk (one writer per chunk),
     and report how many tiles were predicted and how many pixels are valid."""
-    stage = str(staging_path(Location(request.output)))
+    staging = str(staging_path(Location(request.output)))
     probabilities = labels.probabilities
     valid = 0
     with _WRITERS.use(
-        stage, lambda: ChunkWriter(stage, probabilities=request.probabilities)
+        staging, lambda: ChunkWriter(staging, probabilities=request.probabilities)
     ) as writer:
         for k, tile in enumerate(request.tiles):
             probs: Any = probabilities[k] if probabilities is not None else None

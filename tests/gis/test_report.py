@@ -294,8 +294,8 @@ def test_fcnrs_report_says_why_there_is_nothing_to_report(tmp_path, capsys):
 @needs_chromium
 def test_the_report_of_an_s3_output_folder(s3_server, make_scene, make_checkpoint, tmp_path):
     """The nightly run writes the page beside its S3 outputs; it reads the
-    manifest, run record, outputs and areas from S3. There is no mosaic in S3
-    (it is built for local folders), so the map shows the footprints alone."""
+    manifest, run record, outputs and areas from S3, and builds the mosaic there
+    (the COGs and VRT in S3), whose quicklook is the map's picture."""
     where = f"s3://fcnrs/{uuid.uuid4().hex[:10]}"
     out = f"{where}/labels"
     for name, seed in (("a", 1), ("b", 2)):
@@ -315,6 +315,9 @@ def test_the_report_of_an_s3_output_folder(s3_server, make_scene, make_checkpoin
         got = [value(night_row[f"{c} km²"]) for c in whole.class_name]
         np.testing.assert_allclose(got, whole.area_km2, rtol=1e-12)
         assert browser.evaluate("document.querySelectorAll('#map .footprint.done').length") == 2
-        assert "not rebuilt for object storage" in browser.evaluate(
-            "document.getElementById('map-note').textContent"
+        assert browser.evaluate(
+            "document.getElementById('quicklook').getAttribute('href')"
+            ".startsWith('data:image/png;base64,')"
         )
+    assert Location(f"{out}/mosaic/labels.vrt").is_file()
+    assert Location(f"{out}/cogs/a.tif").is_file() and Location(f"{out}/cogs/b.tif").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -39,7 +40,11 @@ def ray_head(tmp_path_factory):
         pytest.skip("the ray CLI is not installed beside this Python")
     temp = Path("/tmp") / f"rayh{os.getpid()}"  # short: Ray's socket paths are length-limited
     port, dash = free_port(), free_port()
+    # The head's own token, for it and its clients: nothing read from ~/.ray, so
+    # the test runs alike with an empty HOME (a new machine) and in any order.
+    token = secrets.token_hex(32)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env |= {"RAY_AUTH_TOKEN": token, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     start = [
         str(BIN / "ray"),

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from fcnrs.fcn_model import load_checkpoint
+from fcnrs.pipeline.batch_reading import SceneReader
 from fcnrs.pipeline.batches import PixelBatch
 from fcnrs.pipeline.inference import Predictor
 from fcnrs.pipeline.labels import NODATA
 from fcnrs.pipeline.planning import plan_batches, plan_tiles
-from fcnrs.pipeline.reading import SceneReader, TileReader, core_box, inspect_scene
+from fcnrs.pipeline.reading import TileReader, core_box, inspect_scene
 
 
 def batch(n: int = 2, size: int = 96) -> PixelBatch:

@@ -9,8 +9,9 @@ import torch
 import zarr
 
 from fcnrs.fcn_model import load_checkpoint
+from fcnrs.pipeline.batch_reading import SceneReader
 from fcnrs.pipeline.errors import SceneError
-from fcnrs.pipeline.reading import SceneReader, TileReader
+from fcnrs.pipeline.reading import TileReader
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
 from fcnrs.pipeline.writing import is_complete

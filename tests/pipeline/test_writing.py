@@ -225,7 +225,7 @@ def test_every_chunk_is_written_by_exactly_one_tile_whole(
         return {
             f"{name}/{e.name}": Path(e.path).read_bytes()
             for name in arrays
-            for e in os.scandir(group.stage / name)
+            for e in os.scandir(group.staging / name)
             if not e.name.startswith(".")
         }
 
@@ -248,7 +248,7 @@ def test_every_chunk_is_written_by_exactly_one_tile_whole(
         for key in changed:
             assert key not in writes, f"{key} written by {writes[key]} and {t.index}"
             writes[key] = t.index
-        root = zarr.open_group(str(group.stage), mode="r")
+        root = zarr.open_group(str(group.staging), mode="r")
         rows, cols = t.core.slices()
         assert np.array_equal(root["labels"][rows, cols], labels)
         if probs is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -108,17 +109,18 @@ def test_same_labels_as_one_process_then_skip_then_recompute(
     assert read_manifest(out).num_rows == 6
 
 
-def _predict_actor_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ray::PredictStage" in cmd:
-                pids.append(int(entry.name))
-    return pids
+class ReadyReplicas(logging.Handler):
+    """The PIDs of the replicas this run reports ready (``node:pid gpu=[]``):
+    the only processes the test may kill."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.pids: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("replica ") and "is ready" in record.getMessage():
+            name = str(record.args[0]) if record.args else ""
+            self.pids.append(int(name.split(":")[1].split()[0]))
 
 
 def test_killed_replica_is_replaced_and_output_is_identical(
@@ -132,15 +134,16 @@ def test_killed_replica_is_replaced_and_output_is_identical(
     out = tmp_path / "out"
     stage = staging_path(out / "scene.zarr")
     killed: list[int] = []
-    # Replicas of earlier runs in this Ray session may still be shutting down:
-    # only a process that appears during this run is this run's replica.
-    earlier = set(_predict_actor_pids())
+    ready = ReadyReplicas()
+    engine_log = logging.getLogger("fcnrs.pipeline.distributed.ray_engine")
+    engine_log.addHandler(ready)
+    engine_log.setLevel(logging.INFO)
 
     def killer():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             done = len(list((stage / "labels").glob("*.*"))) if (stage / "labels").exists() else 0
-            pids = [pid for pid in _predict_actor_pids() if pid not in earlier]
+            pids = list(ready.pids)  # reported by this run: no other run's replica
             if done >= 1 and pids:  # the pipeline flows: the replica is mid-scene
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
@@ -148,8 +151,11 @@ def test_killed_replica_is_replaced_and_output_is_identical(
 
     thread = threading.Thread(target=killer)
     thread.start()
-    report = run_scenes([scene], model=ckpt, out_dir=out, settings=settings, progress=None)
-    thread.join()
+    try:
+        report = run_scenes([scene], model=ckpt, out_dir=out, settings=settings, progress=None)
+    finally:
+        thread.join()
+        engine_log.removeHandler(ready)
     assert killed, "the replica was never killed: the test proved nothing"
     assert report.rows[0].status == "done" and report.rows[0].tiles == 100
     # Another replica process took over after the first was killed: the batches
@@ -208,13 +214,20 @@ def test_driver_killed_mid_run_resumes_to_the_same_bytes(
 
 
 GPU_SCRIPT = """
-import json, sys, ray
+import json, logging, sys, ray
 from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.scenes import SegmentSettings
-ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
+ready = []
+class Ready(logging.Handler):
+    def emit(self, record):
+        if "is ready" in record.getMessage():
+            ready.append(str(record.args[0]))
+engine_log = logging.getLogger("fcnrs.pipeline.distributed.ray_engine")
+engine_log.addHandler(Ready()); engine_log.setLevel(logging.INFO)
+ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
 r = run_scenes(sys.argv[1:2], model=sys.argv[2], out_dir=sys.argv[3], progress=None,
                settings=SegmentSettings(tile_size=64, overlap=32, batch_size=1))
-print(json.dumps({"status": r.rows[0].status, "replicas": r.replica_batches}))
+print(json.dumps({"status": r.rows[0].status, "ready": ready, "replicas": r.replica_batches}))
 """
 
 
@@ -232,8 +245,11 @@ def test_replicas_are_pinned_one_per_gpu(make_scene, make_checkpoint, tmp_path):
 
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["status"] == "done"
-    gpus = sorted(r.split("gpu=")[1] for r in result["replicas"])
-    assert gpus == ["[0]", "[1]"], result["replicas"]
+    # Both replicas started, each on its own GPU (which one gets the work first
+    # is a race: the first to load its model starts working).
+    gpus = sorted(r.split("gpu=")[1] for r in result["ready"])
+    assert gpus == ["[0]", "[1]"], result["ready"]
+    assert set(result["replicas"]) <= set(result["ready"])
 
 
 def test_progress_line_shows_tiles_rate_and_time_left():

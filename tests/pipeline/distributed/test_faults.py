@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -61,12 +62,17 @@ def check_night(scenes, out, clean, report, *, poison_status="failed"):
 
 
 @pytest.mark.parametrize("stage", ["read", "predict", "write"])
-def test_a_poison_tile_fails_its_scene_alone_in_any_stage(night, tmp_path, monkeypatch, stage):
+def test_a_poison_tile_fails_its_scene_alone_in_any_stage(night, tmp_path, stage):
     scenes, ckpt, clean = night
-    faults.install(stage, "raise", patch=monkeypatch.setattr)
     out = tmp_path / "out"
     report = run_scenes(
-        scenes, model=ckpt, out_dir=out, settings=SETTINGS, progress=None, engine="local"
+        scenes,
+        model=ckpt,
+        out_dir=out,
+        settings=SETTINGS,
+        progress=None,
+        engine="local",
+        worker_setup=partial(faults.install, stage, "raise"),
     )
     poison = check_night(scenes, out, clean, report)
     # Tried 3 times (2 retries), then failed naming the scene, the stage and the
@@ -78,18 +84,22 @@ def test_a_poison_tile_fails_its_scene_alone_in_any_stage(night, tmp_path, monke
     assert poison.tiles == 25 and poison.tiles_predicted < 25
 
 
-def test_a_batch_that_runs_out_of_memory_is_split_until_it_fits(night, tmp_path, monkeypatch):
+def test_a_batch_that_runs_out_of_memory_is_split_until_it_fits(night, tmp_path):
     scenes, ckpt, clean = night
-    faults.install("predict", "memory", patch=monkeypatch.setattr)
     out = tmp_path / "out"
     report = run_scenes(
-        scenes, model=ckpt, out_dir=out, settings=SETTINGS, progress=None, engine="local"
+        scenes,
+        model=ckpt,
+        out_dir=out,
+        settings=SETTINGS,
+        progress=None,
+        engine="local",
+        worker_setup=partial(faults.install, "predict", "memory"),
     )
     poison = check_night(scenes, out, clean, report, poison_status="done")
     # Split 4 -> 2 -> 1: the poison tile went through alone, and the scene's
     # bytes equal a run with no memory trouble at all.
     reference = tmp_path / "reference"
-    monkeypatch.undo()
     [ref] = run_scenes(
         [scenes[1]],
         model=ckpt,
@@ -102,9 +112,8 @@ def test_a_batch_that_runs_out_of_memory_is_split_until_it_fits(night, tmp_path,
     assert tree_bytes(out / "poison.zarr") == tree_bytes(reference / "poison.zarr")
 
 
-def test_retries_zero_fails_at_the_first_failure(night, tmp_path, monkeypatch):
+def test_retries_zero_fails_at_the_first_failure(night, tmp_path):
     scenes, ckpt, _ = night
-    faults.install("write", "raise", patch=monkeypatch.setattr)
     report = run_scenes(
         scenes[1:2],
         model=ckpt,
@@ -113,6 +122,7 @@ def test_retries_zero_fails_at_the_first_failure(night, tmp_path, monkeypatch):
         progress=None,
         engine="local",
         retries=0,
+        worker_setup=partial(faults.install, "write", "raise"),
     )
     assert "failed 1 time(s)" in report.rows[0].error
 
@@ -122,7 +132,7 @@ import json, sys, time, ray
 from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.scenes import SegmentSettings
 root, faults, model, out, *scenes = sys.argv[1:]
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={
     "worker_process_setup_hook": "tests.faults.install_from_env",
     "env_vars": {"PYTHONPATH": root, "FCNRS_TEST_FAULTS": faults},
 })

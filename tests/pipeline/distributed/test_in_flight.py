@@ -3,59 +3,42 @@ reads gets more of it."""
 
 from __future__ import annotations
 
-import threading
 import time
+from functools import partial
 
 import pytest
 
-from fcnrs.pipeline.distributed import run_scenes, stages
+from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.distributed.local import LocalEngine, available_cpus, default_depth
 from fcnrs.pipeline.distributed.ray_engine import DEPTH, MAX_DEPTH, RayEngine, _Replica
 from fcnrs.pipeline.scenes import SegmentSettings
+from tests import faults
 
 SETTINGS = SegmentSettings(tile_size=64, overlap=32, batch_size=1)
-
-
-class Counter:
-    """Batches between the start of their read and the end of their write."""
-
-    def __init__(self) -> None:
-        self.now = self.peak = self.total = 0
-        self.lock = threading.Lock()
-
-    def enter(self) -> None:
-        with self.lock:
-            self.now += 1
-            self.total += 1
-            self.peak = max(self.peak, self.now)
-
-    def leave(self) -> None:
-        with self.lock:
-            self.now -= 1
 
 
 def test_the_local_engine_never_holds_more_than_its_depth(
     make_scene, make_checkpoint, tmp_path, monkeypatch
 ):
-    """Reads slower than the model: the read threads all work, batches queue for
-    the model, and still no more than the engine's depth are ever in flight."""
+    """Reads slower than the model (20 ms more each, in the engine's worker
+    process): batches queue for the model, and still no more than the engine's
+    depth are ever in flight, counted at the driver."""
     scene = make_scene(height=320, width=320)  # 25 batches of one tile
-    count = Counter()
-    read, write = stages.read_stage, stages.write_stage
+    peak, flight = [0], [0]
+    submit, poll = LocalEngine.submit, LocalEngine.poll
 
-    def slow_read(request):
-        count.enter()
-        time.sleep(0.02)
-        return read(request)
+    def counted_submit(self, item, request):
+        flight[0] += 1
+        peak[0] = max(peak[0], flight[0])
+        return submit(self, item, request)
 
-    def counted_write(request, labels):
-        try:
-            return write(request, labels)
-        finally:
-            count.leave()
+    def counted_poll(self, timeout):
+        out = poll(self, timeout)
+        flight[0] -= len(out)
+        return out
 
-    monkeypatch.setattr(stages, "read_stage", slow_read)
-    monkeypatch.setattr(stages, "write_stage", counted_write)
+    monkeypatch.setattr(LocalEngine, "submit", counted_submit)
+    monkeypatch.setattr(LocalEngine, "poll", counted_poll)
     report = run_scenes(
         [scene],
         model=make_checkpoint(),
@@ -63,10 +46,11 @@ def test_the_local_engine_never_holds_more_than_its_depth(
         settings=SETTINGS,
         progress=None,
         engine="local",
+        worker_setup=partial(faults.install, "read", "slow"),
     )
-    assert report.rows[0].status == "done" and count.total == 25
+    assert report.rows[0].status == "done" and report.rows[0].tiles == 25
     depth = default_depth(available_cpus())
-    assert 2 <= count.peak <= depth, (count.peak, depth)
+    assert 2 <= peak[0] <= depth, (peak[0], depth)
 
 
 def test_ray_keeps_each_replica_within_its_bound(
@@ -122,12 +106,15 @@ def test_a_replica_that_waits_for_work_gets_more(monkeypatch, model_seconds, eve
 
 
 def test_local_engine_threads_follow_the_cpus(make_checkpoint):
-    predict = stages.PredictStage(
-        str(make_checkpoint()), device="cpu", precision="fp32", probabilities=False, threads=1
-    )
-    engine = LocalEngine(predict)
+    args = dict(model=str(make_checkpoint()), device="cpu", precision="fp32", probabilities=False)
+    engine = LocalEngine({**args, "threads": 1})
     try:
-        assert engine.pools[0]._max_workers == available_cpus()
+        assert engine.readers == available_cpus()
         assert engine.depth == default_depth(available_cpus()) == available_cpus() + 4
+        size, deadline = None, time.monotonic() + 120
+        while size is None and time.monotonic() < deadline:  # once its model is loaded
+            size = engine.batch_size((256, 256))
+        assert size == 4 and engine.replica.startswith("local:")
     finally:
         engine.close()
+    assert not engine.process.is_alive()

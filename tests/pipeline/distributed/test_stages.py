@@ -59,7 +59,7 @@ def test_stages_chained_by_hand_write_the_batch_and_count_its_pixels(planned):
     summary = write_stage(request, labels)
     assert summary.tiles == len(batch) and summary.predicted == len(batch) - 1
     assert summary.replica == predict.replica
-    stored = zarr.open_group(str(group.stage), mode="r")["labels"]
+    stored = zarr.open_group(str(group.staging), mode="r")["labels"]
     written = sum(int((stored[t.core.slices()] != NODATA).sum()) for t in batch)
     assert summary.valid_pixels == written > 0
     assert (stored[64:128, 128:192] == NODATA).all()
