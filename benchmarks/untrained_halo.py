@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
                         for scene in scenes:
                             t0 = time.perf_counter()
                             m = measure_halo(
-                                ckpt, scene, precision=args.precision, max_side=args.max_side
+                                ckpt,
+                                scene,
+                                precision=args.precision,
+                                max_side=args.max_side,
+                                margin=0,
                             )
                             where = "landsat" if scene else "generated"
                             found.append(m.halo)

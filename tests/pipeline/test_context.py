@@ -155,7 +155,7 @@ def test_trained_checkpoint_is_seamless_at_its_recorded_halo(
 
     meta = read_meta(trained_checkpoint)
     assert meta.halo is not None and meta.halo.halo <= 128
-    odd, _ = make_thin_structures_scene(tmp_path / "odd.tif", tmp_path / "odd_l.tif", size=672)
+    odd, _ = make_thin_structures_scene(tmp_path / "odd.tif", tmp_path / "odd_l.tif", size=673)
     landsat = realdata / "landsat7_rgb_utm18n.tif"
     for scene in (landsat, odd):
         out = tmp_path / scene.stem
