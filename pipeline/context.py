@@ -35,9 +35,9 @@ import numpy as np
 
 from fcnrs.fcn_model.meta import STRIDE, HaloMeasurement, ModelMeta
 
+from .batch_reading import SceneReader
 from .labels import NODATA
 from .planning import Tile, Window, plan_batches, plan_tiles
-from .batch_reading import SceneReader
 from .reading import inspect_scene, resolve_bands
 
 if TYPE_CHECKING:
