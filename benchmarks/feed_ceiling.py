@@ -1,6 +1,7 @@
 """How fast the pipeline around the model can feed it: the feed ceiling.
 
-The job's own command line (``jobs/segment_scenes.py`` at its defaults) on a
+The job's own command line (``jobs/segment_scenes.py`` at its defaults, with the
+96-px halo fine-tuned checkpoints record) on a
 3-band uint8 aerial scene (tiled DEFLATE, mirror-tiled from the synthetic
 thin-structures scene, nodata collars included), with every FCN forward pass
 replaced by one that returns zero scores at once (``benchmarks/zero_cost/``,
@@ -172,6 +173,10 @@ def run_job(
     job = checkout[0] if checkout else JOB
     cmd = [sys.executable, str(job), "--model", str(model), "--scenes", *map(str, scenes)]
     cmd += ["--out", str(out), "--engine", engine]
+    # The halo a fine-tuned checkpoint records (README, *The halo comes from the
+    # checkpoint*); this untrained stand-in would otherwise get its architecture's
+    # conservative one. Earlier checkouts had it as their fixed default.
+    cmd += ["--overlap", "96"]
     if profile is not None:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         spy_cmd = [spy, "record", "--subprocesses", "--rate", "100", "--format", "raw"]

@@ -12,9 +12,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .checkpoint import checkpoint_digest, load_checkpoint, read_meta, save_checkpoint
+    from .checkpoint import (
+        checkpoint_digest,
+        load_checkpoint,
+        read_meta,
+        record_halo,
+        save_checkpoint,
+    )
     from .errors import CheckpointError, FCNModelError, WeightsError
-    from .meta import STRIDE, ModelMeta, Variant, default_colors
+    from .meta import STRIDE, HaloMeasurement, ModelMeta, Variant, default_colors
     from .network import (
         FCN,
         VARIANTS,
@@ -39,6 +45,7 @@ _WHERE = {
     "FCN16s": "network",
     "FCN32s": "network",
     "FCNModelError": "errors",
+    "HaloMeasurement": "meta",
     "ModelMeta": "meta",
     "Variant": "meta",
     "WeightsError": "errors",
@@ -49,6 +56,7 @@ _WHERE = {
     "load_checkpoint": "checkpoint",
     "load_vgg16_weights": "surgery",
     "read_meta": "checkpoint",
+    "record_halo": "checkpoint",
     "save_checkpoint": "checkpoint",
 }
 
@@ -63,6 +71,7 @@ __all__ = [
     "FCN16s",
     "FCN32s",
     "FCNModelError",
+    "HaloMeasurement",
     "ModelMeta",
     "Variant",
     "WeightsError",
@@ -73,6 +82,7 @@ __all__ = [
     "load_checkpoint",
     "load_vgg16_weights",
     "read_meta",
+    "record_halo",
     "save_checkpoint",
 ]
 

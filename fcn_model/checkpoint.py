@@ -15,6 +15,7 @@ import platform
 import struct
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
-from .meta import FORMAT_NAME, FORMAT_VERSION, ModelMeta, default_colors
+from .meta import FORMAT_NAME, FORMAT_VERSION, HaloMeasurement, ModelMeta, default_colors
 from .network import FCN, VARIANTS
 
 
@@ -64,6 +65,7 @@ def save_checkpoint(
     std: Sequence[float],
     colors: Sequence[Sequence[int]] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    halo: HaloMeasurement | None = None,
 ) -> Path:
     """Write ``model`` and its metadata to exactly ``path`` (one safetensors file).
 
@@ -86,6 +88,9 @@ def save_checkpoint(
         RGB (0-255) per class; a default palette when omitted.
     provenance
         Free-form facts about where the weights came from (data, run, parent).
+    halo
+        The context the network needs, when measured
+        (:func:`fcnrs.pipeline.context.measure_halo`); see :func:`record_halo`.
     """
     path = Path(path)
     meta = ModelMeta(
@@ -106,26 +111,67 @@ def save_checkpoint(
             "python": platform.python_version(),
             **dict(provenance or {}),
         },
+        halo=halo,
     )
     _validate(meta, model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, tensors, meta, mode=0o666 & ~_umask())
+    return path
+
+
+def _write_atomically(
+    path: Path, tensors: dict[str, torch.Tensor], meta: ModelMeta, *, mode: int
+) -> None:
+    """Write a checkpoint file beside ``path`` and rename it over ``path``: a reader
+    sees the old file or the new one, never half of either."""
     header = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "meta": meta.to_json(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         save_file(tensors, tmp, metadata=header)
+        with tmp.open("rb") as fh:  # on disk before the rename makes it the checkpoint
+            os.fsync(fh.fileno())
         # save_file creates 0600 files, which hides a checkpoint from the other
         # users of a shared file system: give it what the umask allows.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def record_halo(path: str | PathLike[str], halo: HaloMeasurement) -> ModelMeta:
+    """Record ``halo`` in an existing checkpoint's metadata, in place and atomically.
+
+    The weights are copied unchanged into a new file beside ``path``, which then
+    replaces it (a crash leaves the old checkpoint whole); its permissions are
+    kept. The file's digest, the model's identity in outputs, changes with it, so
+    outputs made with the old file are recomputed by the next run.
+
+    Returns
+    -------
+    ModelMeta
+        The checkpoint's metadata as now recorded.
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` is not a readable checkpoint of this project (naming it).
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: checkpoint weights are unreadable ({exc}).") from exc
+    updated = replace(meta, halo=halo)
+    _write_atomically(path, tensors, updated, mode=path.stat().st_mode & 0o777)
+    return updated
 
 
 def _umask() -> int:

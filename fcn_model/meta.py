@@ -50,6 +50,67 @@ def default_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
 
 
 @dataclass(frozen=True)
+class HaloMeasurement:
+    """How much context a network needs, as measured on scenes (its *halo*).
+
+    ``needed`` is the smallest multiple of :data:`STRIDE` whose tiles, with
+    ``tile_size``-px cores (dense seams), agree with one whole-scene pass on at
+    least ``threshold`` of the valid pixels of every scene measured
+    (:func:`fcnrs.pipeline.context.measure_halo`); ``halo``, what the nightly
+    job uses as its default ``--overlap``, adds a margin for other scenes.
+    """
+
+    #: Pixels of context on each side of a core that runs use, a multiple of :data:`STRIDE`.
+    halo: int
+    #: The lowest share of agreeing valid pixels over the scenes, at ``halo``.
+    agreement: float
+    threshold: float
+    #: The core edge the tiles were cut at while measuring.
+    tile_size: int
+    precision: str
+    #: What it was measured on: scene paths, or ``generated:...``.
+    scenes: tuple[str, ...]
+    #: When (ISO 8601, UTC).
+    measured: str
+    #: Every halo tried, with its (lowest) agreement: ``((0, 0.93), (32, 0.998), ...)``.
+    tried: tuple[tuple[int, float], ...] = ()
+    #: The smallest halo that reached ``threshold`` on these scenes (None: ``halo``).
+    needed: int | None = None
+
+    def __post_init__(self) -> None:
+        for value in (self.halo, self.halo if self.needed is None else self.needed):
+            if value < 0 or value % STRIDE:
+                raise ValueError(
+                    f"a recorded halo must be a multiple of {STRIDE} px, 0 or more; got {value}"
+                )
+        if not 0.0 <= self.agreement <= 1.0:
+            raise ValueError(f"agreement is a share in [0, 1]; got {self.agreement}")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> HaloMeasurement:
+        return cls(
+            halo=int(raw["halo"]),
+            agreement=float(raw["agreement"]),
+            threshold=float(raw["threshold"]),
+            tile_size=int(raw["tile_size"]),
+            precision=str(raw["precision"]),
+            scenes=tuple(str(s) for s in raw["scenes"]),
+            measured=str(raw["measured"]),
+            tried=tuple((int(h), float(a)) for h, a in raw.get("tried", ())),
+            needed=int(raw["needed"]) if raw.get("needed") is not None else None,
+        )
+
+    def describe(self) -> str:
+        """One line for logs: the halo and how it was measured."""
+        where = ", ".join(self.scenes)
+        needed = "" if self.needed in (None, self.halo) else f"{self.needed} px needed + margin, "
+        return (
+            f"{self.halo} px ({needed}{self.agreement:.3%} agreement with a whole-scene pass "
+            f"at {self.tile_size}-px cores on {where}, {self.precision}, measured {self.measured})"
+        )
+
+
+@dataclass(frozen=True)
 class ModelMeta:
     """What a checkpoint says about its model, besides the weights.
 
@@ -68,6 +129,9 @@ class ModelMeta:
     learnable_upsampling: bool = False
     provenance: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: The context the network needs (None: never measured; checkpoints written
+    #: before the field existed read as None).
+    halo: HaloMeasurement | None = None
 
     @property
     def num_classes(self) -> int:
@@ -95,6 +159,7 @@ class ModelMeta:
             learnable_upsampling=bool(raw.get("learnable_upsampling", False)),
             provenance=dict(raw.get("provenance", {})),
             format_version=int(raw.get("format_version", FORMAT_VERSION)),
+            halo=HaloMeasurement.from_dict(raw["halo"]) if raw.get("halo") else None,
         )
 
     def build(self) -> FCN:

@@ -2,6 +2,7 @@
 
     fcnrs segment  --model M --scenes 'scenes/*.tif' --out OUT     (jobs/segment_scenes.py)
     fcnrs finetune --scenes scenes.csv --classes land,water --out RUN   (jobs/finetune.py)
+    fcnrs context  MODEL [SCENE ...]                               (jobs/context.py)
     fcnrs export   OUT/*.zarr --out cogs                           (jobs/export_cog.py)
     fcnrs areas    OUT [--bbox ...]                                (jobs/query_areas.py)
     fcnrs vectorize OUT/*.zarr [--format parquet|fgb|gpkg]         (jobs/vectorize.py)
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 
 from . import (
     catalog,
+    context,
     demo,
     export_cog,
     finetune,
@@ -35,6 +37,7 @@ from .options import add_verbosity, setup_logging
 SUBCOMMANDS = {
     "segment": segment_scenes,
     "finetune": finetune,
+    "context": context,
     "export": export_cog,
     "areas": query_areas,
     "vectorize": vectorize,

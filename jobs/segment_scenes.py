@@ -59,8 +59,9 @@ from fcnrs.pipeline.distributed.driver import Engine, RunReport
 from fcnrs.pipeline.distributed.retries import DEFAULT_RETRIES
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.memory import keep_freed_memory
-from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+from fcnrs.pipeline.planning import DEFAULT_TILE_SIZE
 from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
+from fcnrs.pipeline.tta import TTA_MODES
 
 log = logging.getLogger("fcnrs.segment")
 
@@ -87,9 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overlap",
         type=at_least(0),
-        default=DEFAULT_OVERLAP,
+        default=None,
         help="context halo on each side in pixels, rounded up to a multiple of 32 "
-        "(default %(default)s)",
+        "(default: the halo recorded in the checkpoint by fine-tuning or fcnrs context, "
+        "else a conservative one for its architecture; the choice is logged)",
     )
     p.add_argument(
         "--batch-size",
@@ -106,6 +108,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: bf16 where the hardware runs it fast (CPU with AVX512-BF16 or AMX, "
         "CUDA with bf16), fp32 elsewhere; the choice is logged and recorded",
+    )
+    p.add_argument(
+        "--tta",
+        choices=list(TTA_MODES),
+        default="none",
+        help="test-time augmentation: average class probabilities over 4 flips (flips) or "
+        "every flip and 90-degree turn (d4), on the stride grid; 4x or 8x the model's "
+        "work (default %(default)s: see the README for what it gains)",
     )
     p.add_argument(
         "--engine",
@@ -171,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         bands=args.bands,
         probabilities=args.probabilities,
         precision=args.precision,
+        tta=args.tta,
     )
     engine, start_ray = choose_engine(args.engine), ray_starter(args.verbose)
     try:

@@ -22,6 +22,7 @@ from .batches import LabelBatch, PixelBatch
 from .labels import MAX_CLASSES, NODATA
 from .precision import Precision, cpu_has_fast_bf16, default_device, resolve_precision
 from .storage import local_copy
+from .tta import TTA, averaged_probabilities, check_mode
 
 __all__ = [
     "CPU_BATCH",
@@ -225,7 +226,9 @@ class Predictor:
     invalid, and with ``probabilities`` set, uint8 ``(n, classes, h, w)``
     (softmax x 255, 0 where invalid). Normalisation, masking, the argmax and the
     crop all run on the model's device; tiles whose core has no valid pixel do
-    not go through the model.
+    not go through the model. With ``tta`` other than ``none``, labels and
+    probabilities come from class probabilities averaged over flipped (and
+    turned) copies of each window, kept on the stride grid (:mod:`.tta`).
     """
 
     def __init__(
@@ -235,7 +238,9 @@ class Predictor:
         device: str | None = None,
         precision: Precision = "auto",
         probabilities: bool = False,
+        tta: TTA = "none",
     ) -> None:
+        self.tta = check_mode(tta)
         self.device = torch.device(device or default_device())
         self.precision = resolve_precision(precision, self.device.type)
         self.dtype = _DTYPES[self.precision]
@@ -287,8 +292,13 @@ class Predictor:
         with torch.inference_mode():
             # Channels-last already (a view of the interleaved pixels), unless
             # tiles without valid pixels were dropped from the batch.
-            scores = self.model(prepared.x.contiguous(memory_format=torch.channels_last))
-            scores = scores[:, :, r : r + h, c : c + w]
+            if self.tta == "none":
+                scores = self.model(prepared.x.contiguous(memory_format=torch.channels_last))
+                scores = scores[:, :, r : r + h, c : c + w]
+            else:  # already probabilities, averaged over the passes
+                scores = averaged_probabilities(
+                    self.model, prepared.x, mode=self.tta, core=prepared.core
+                )
             # argmax in the model's dtype (widening is exact: the same labels), into
             # one buffer per shape: a fresh int64 array per batch is page-faulted in
             # anew, a cost as large as the argmax itself on a CPU.
@@ -298,7 +308,8 @@ class Predictor:
             labels = _all_rows(best.numpy(), rows, NODATA)
             probs = None
             if self.probabilities:
-                p = torch.softmax(scores.float(), dim=1).mul_(255).round_().to(torch.uint8)
+                p = scores if self.tta != "none" else torch.softmax(scores.float(), dim=1)
+                p = p.mul_(255).round_().to(torch.uint8)
                 probs = _all_rows(p.mul_(valid[:, None]).cpu().numpy(), rows, 0)
         return LabelBatch(labels, probs, int(rows.sum()), seconds=time.perf_counter() - start)
 

@@ -8,15 +8,13 @@ at the same phase of the stride-32 pooling grid as a whole-scene pass would (off
 the stride, a DESIGN.md measurement found only 31-46% agreement).
 
 The halo is the context a core's labels depend on. FCN-8s's receptive field is
-about 400 px across, but a *trained* network's labels barely look that far:
-``benchmarks/tiling_agreement.py --model`` on two trained networks (the
-Sen1Floods11 water model of ``benchmarks/vs_handwritten.py`` and the demo's
-land-cover model), with dense 512-px cores, agrees with a whole-scene pass on
-99.976% and 99.988% of pixels with a 64-px halo, 99.984% and 99.992% with 96 px.
-The default is 96 px with 1536-px cores: 1.2-1.27 pixels computed per pixel
-written (1024-px cores with the earlier 192-px halo cost 1.89). A freshly
-initialised network spreads its attention wider and needs about 192 px; pass
-``overlap=192`` when validating tiling with one.
+about 400 px across, but how far a network actually looks depends on its
+weights (a freshly initialised FCN-8s needs about 192 px for 99.9% agreement
+with a whole-scene pass, trained ones 32-64 px), so a run takes its halo from
+the checkpoint (:mod:`fcnrs.pipeline.context`). :data:`DEFAULT_OVERLAP` is only
+this module's default for planning without a model in view (benchmarks of the
+I/O path): 96 px, which with 1536-px cores costs 1.2-1.27 pixels computed per
+pixel written (:meth:`TileGrid.computed_per_written`).
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from fcnrs.fcn_model.meta import STRIDE
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE_SIZE = 1536
+#: The halo when no model is in view; runs use the checkpoint's (see above).
 DEFAULT_OVERLAP = 96
 
 
@@ -133,6 +132,15 @@ class TileGrid:
         for i in range(self.rows):
             for j in range(self.cols):
                 yield self.tile(i, j)
+
+    def computed_per_written(self) -> float:
+        """The halo's cost: pixels the model computes (each window, as the model
+        pads it to multiples of the stride) per pixel written (the scene)."""
+        computed = 0
+        for tile in self:
+            h, w = tile.read.shape
+            computed += (-(-h // self.stride) * self.stride) * (-(-w // self.stride) * self.stride)
+        return computed / (self.height * self.width)
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from os import PathLike
@@ -16,10 +17,14 @@ from pathlib import Path, PurePosixPath
 
 from fcnrs.fcn_model import ModelMeta
 
-from .planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TileGrid, plan_tiles
+from .context import default_halo
+from .planning import DEFAULT_TILE_SIZE, TileGrid, plan_tiles
 from .precision import Precision, resolve_precision
 from .reading import SceneInfo, inspect_scene, resolve_bands
 from .storage import Location, expand_url_glob, is_url
+from .tta import TTA, check_mode
+
+log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -63,7 +68,10 @@ class SegmentSettings:
     """Everything besides the model that decides a scene's output."""
 
     tile_size: int = DEFAULT_TILE_SIZE
-    overlap: int = DEFAULT_OVERLAP
+    #: The halo; None: the one the checkpoint records, else a conservative one
+    #: for its architecture (:func:`~fcnrs.pipeline.context.default_halo`), as
+    #: :meth:`with_halo` resolves it before a run.
+    overlap: int | None = None
     #: Tiles per model call; None: what the replicas' device holds
     #: (:meth:`~fcnrs.pipeline.inference.Predictor.batch_size`). Not part of the
     #: output's identity: it never changes a label.
@@ -71,11 +79,14 @@ class SegmentSettings:
     bands: tuple[int, ...] | None = None  # None: the checkpoint's bands
     probabilities: bool = False
     precision: Precision = "auto"
+    #: Test-time augmentation: ``none``, ``flips`` (4 passes) or ``d4`` (8 passes).
+    tta: TTA = "none"
 
     def __post_init__(self) -> None:
+        check_mode(self.tta)
         for name, minimum in (("tile_size", 1), ("overlap", 0), ("batch_size", 1)):
             value = getattr(self, name)
-            if name == "batch_size" and value is None:
+            if name in ("batch_size", "overlap") and value is None:
                 continue
             if not isinstance(value, int) or value < minimum:
                 raise ValueError(
@@ -86,6 +97,20 @@ class SegmentSettings:
         """These settings with ``precision="auto"`` replaced by what it stands for
         on ``device``: outputs record (and skip checks compare) the real one."""
         return replace(self, precision=resolve_precision(self.precision, device))
+
+    def with_halo(self, meta: ModelMeta) -> SegmentSettings:
+        """These settings with ``overlap=None`` replaced by the halo ``meta``'s
+        network needs (:func:`~fcnrs.pipeline.context.default_halo`); the choice
+        and its reason are logged. The halo is part of :meth:`digest`, so a run
+        with another halo recomputes its scenes."""
+        halo, reason = default_halo(meta)
+        if self.overlap is None:
+            log.info("halo %d px: %s", halo, reason)
+            return replace(self, overlap=halo)
+        log.info(
+            "halo %d px: --overlap (the default would be %d px: %s)", self.overlap, halo, reason
+        )
+        return self
 
     def output_settings(self) -> dict[str, object]:
         """The settings that decide the output's bytes (the batch size does not)."""
@@ -122,7 +147,6 @@ def plan_scene(
     """
     info = inspect_scene(scene)
     bands = resolve_bands(info, settings.bands or meta.bands, expected=meta.in_channels)
-    grid = plan_tiles(
-        info.height, info.width, tile_size=settings.tile_size, overlap=settings.overlap
-    )
+    overlap = settings.overlap if settings.overlap is not None else default_halo(meta)[0]
+    grid = plan_tiles(info.height, info.width, tile_size=settings.tile_size, overlap=overlap)
     return ScenePlan(info, bands, grid, Location(out_dir) / f"{scene_stem(scene)}.zarr")

@@ -53,7 +53,8 @@ def segment_scene(
     out_dir
         Output folder.
     settings
-        Tiling, batching, band selection, probabilities, precision.
+        Tiling (the halo by default from the checkpoint), batching, band
+        selection, probabilities, precision, test-time augmentation.
     predictor
         A loaded :class:`Predictor` to reuse across scenes (loaded from ``model``
         when omitted).
@@ -63,10 +64,14 @@ def segment_scene(
     settings = (settings or SegmentSettings()).resolved(device)
     model = local_copy(model)  # an s3:// checkpoint is fetched once, by ETag
     meta = predictor.meta if predictor else read_meta(model)
+    settings = settings.with_halo(meta)
     plan = plan_scene(scene, meta=meta, out_dir=out_dir, settings=settings)
     if predictor is None:
         predictor = Predictor(
-            model, precision=settings.precision, probabilities=settings.probabilities
+            model,
+            precision=settings.precision,
+            probabilities=settings.probabilities,
+            tta=settings.tta,
         )
     group = staging_group(plan, meta=meta, model_digest=checkpoint_digest(model), settings=settings)
     group.create()

@@ -14,7 +14,9 @@ Two runners share every step below (:class:`~fcnrs.training.sampling.WindowSampl
 
 Rank 0 validates on whole val scenes through the nightly job's tiled path
 (:mod:`fcnrs.training.validation`) and exports the best model by mean IoU to
-``<out>/best`` with :func:`fcnrs.fcn_model.save_checkpoint`.
+``<out>/best`` with :func:`fcnrs.fcn_model.save_checkpoint`. After the last
+epoch the halo the best model needs is measured and recorded in it
+(:mod:`fcnrs.training.context`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fcnrs.fcn_model import build_model, load_checkpoint, load_vgg16_weights, sa
 from fcnrs.pipeline.inference import resolve_precision
 from fcnrs.pipeline.storage import Location, local_copy
 
+from .context import measure_reserve, record_best_halo
 from .sampling import IGNORE_INDEX, Prefetcher, WindowSampler
 from .settings import TrainSettings
 from .validation import val_metrics, validate
@@ -519,7 +522,10 @@ def train_epochs(
     with WindowSampler(s, rank=worker.rank, epoch=first) as sampler:
         for epoch in range(first, s.epochs):
             sampler.set_epoch(epoch)
-            pace.reserve = shutdown_s + 1.5 * last_val_seconds(progress) * (worker.rank == 0)
+            # Rank 0 keeps time for the last validation and the halo's measurement.
+            val_s = last_val_seconds(progress)
+            keep = 1.5 * val_s + measure_reserve(s, val_s)
+            pace.reserve = shutdown_s + keep * (worker.rank == 0)
             producers = max(1, torch.get_num_threads())  # the worker's CPUs
             with Prefetcher(sampler, s.steps_per_epoch, producers=producers) as batches:
                 result = run_epoch(
@@ -650,11 +656,15 @@ def train_in_process(
     -------
     Progress
         Every epoch's record and the best val mean IoU; the best model is at
-        ``<out>/best``, its scores at ``<out>/best_report.json``.
+        ``<out>/best`` with the halo it needs recorded
+        (:func:`~fcnrs.training.context.record_best_halo`), its scores at
+        ``<out>/best_report.json``.
     """
     device = torch.device(device)
     budget = Budget.minutes(settings.time_limit_minutes)
     model, optimizer, progress = initial_state(settings)
     model.to(device)
     worker = Worker(settings, model=model, net=model, optimizer=optimizer, device=device)
-    return train_epochs(worker, progress, report or _log_report, budget=budget, shutdown_s=1.0)
+    progress = train_epochs(worker, progress, report or _log_report, budget=budget, shutdown_s=1.0)
+    record_best_halo(settings)
+    return progress

@@ -8,7 +8,8 @@ every epoch's record to ``OUT/report.json``. Re-running with the same ``OUT``
 continues from the last checkpoint Ray Train registered. ``OUT`` may be an
 ``s3://`` prefix: Ray Train then keeps its state there too, through a pyarrow
 S3 filesystem built from the same AWS variables
-(:func:`~fcnrs.pipeline.storage.arrow_filesystem`).
+(:func:`~fcnrs.pipeline.storage.arrow_filesystem`). Last, the halo the best
+model needs is measured and recorded in it (:mod:`fcnrs.training.context`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from fcnrs.pipeline.reading import open_raster
 from fcnrs.pipeline.storage import Location, arrow_filesystem
 
+from .context import record_best_halo
 from .data import LabeledScene, parse_classes, read_scene_table
 from .loop import Budget, load_state, train_loop_per_worker
 from .sampling import band_statistics, class_counts, class_weights
@@ -189,10 +191,13 @@ def finetune(args: argparse.Namespace, settings: TrainSettings | None = None) ->
     if result.checkpoint:
         with result.checkpoint.as_directory() as d:
             history = load_state(d).progress.history
+    halo = record_best_halo(settings)
     best = write_report(out, history)
     print(
         f"epochs run: {len(history)}; best mean IoU {best.get('mean_iou', float('nan')):.4f} "
         f"at epoch {best.get('epoch')}; per class {best.get('iou')}"
     )
     print(f"best checkpoint: {out / 'best'}")
+    if halo is not None:
+        print(f"its halo (recorded in it): {halo.describe()}")
     return 0 if (out / "best").is_file() else 1

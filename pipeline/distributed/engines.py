@@ -107,5 +107,6 @@ def predict_args(run: RunState, plan: ReplicaPlan) -> dict[str, Any]:
         "device": plan.device,
         "precision": run.settings.precision,
         "probabilities": run.settings.probabilities,
+        "tta": run.settings.tta,
         "threads": plan.threads,
     }

@@ -144,6 +144,7 @@ def start_run(
     except (ValueError, OSError) as exc:
         raise OutputError(str(exc)) from None
     meta = read_meta(local)  # a bad checkpoint raises CheckpointError naming it
+    settings = settings.with_halo(meta)  # the checkpoint's halo unless --overlap
     identity = RunIdentity(run_id, checkpoint_digest(local), settings.digest())
     try:
         crashes = CrashRecord(out_dir, run_id)

@@ -131,7 +131,14 @@ class PredictStage:
     engine's process)."""
 
     def __init__(
-        self, model: str, *, device: str, precision: str, probabilities: bool, threads: int
+        self,
+        model: str,
+        *,
+        device: str,
+        precision: str,
+        probabilities: bool,
+        threads: int,
+        tta: str = "none",
     ) -> None:
         import torch
 
@@ -153,7 +160,7 @@ class PredictStage:
         node = ray.util.get_node_ip_address() if on_ray else "local"
         self.replica = f"{node}:{os.getpid()} gpu={gpu_ids}"
         self.predictor = Predictor(
-            model, device=device, precision=precision, probabilities=probabilities
+            model, device=device, precision=precision, probabilities=probabilities, tta=tta
         )
         # One batch in the model at a time; another may be prepared meanwhile
         # (a Ray replica takes two calls at once, see ray_engine.CONCURRENCY).

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fcnrs.fcn_model import (
     CheckpointError,
     FCN8s,
     FCN16s,
+    HaloMeasurement,
     checkpoint_digest,
     load_checkpoint,
     read_meta,
+    record_halo,
     save_checkpoint,
 )
 
@@ -159,3 +164,85 @@ def test_weights_that_disagree_with_metadata_fail(trained_like, tmp_path):
     save_file(state, lying, metadata={**header, "meta": json.dumps(meta)})
     with pytest.raises(CheckpointError, match=r"lying\.safetensors: weights do not fit"):
         load_checkpoint(lying)
+
+
+def a_halo(halo: int = 64) -> HaloMeasurement:
+    return HaloMeasurement(
+        halo=halo,
+        agreement=0.99953,
+        threshold=0.999,
+        tile_size=256,
+        precision="fp32",
+        scenes=("val/a.tif",),
+        measured="2026-01-02T03:04:05+00:00",
+        tried=((0, 0.97), (32, 0.9993), (64, 0.99953)),
+        needed=32,
+    )
+
+
+def test_a_checkpoint_without_a_recorded_halo_still_loads(trained_like, tmp_path):
+    """Checkpoints written before the field existed: their metadata has no halo."""
+    _, path = trained_like
+    old = tmp_path / "old.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(header["meta"])
+    meta.pop("halo")
+    save_file(tensors, old, metadata={**header, "meta": json.dumps(meta)})
+    assert read_meta(old).halo is None
+    loaded, _ = load_checkpoint(old)
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in tensors.items())
+
+
+def test_record_halo_rewrites_the_metadata_and_keeps_the_weights(trained_like, tmp_path):
+    model, path = trained_like
+    path.chmod(0o640)
+    before = read_meta(path)
+    digest = checkpoint_digest(path)
+    recorded = record_halo(path, a_halo())
+    after = read_meta(path)
+    assert after.halo == a_halo() == recorded.halo
+    assert after.halo.describe().startswith("64 px (32 px needed + margin, 99.953% agreement")
+    assert replace(after, halo=None) == before  # nothing else changed
+    loaded = load_checkpoint(path)[0].state_dict()
+    for k, weights in model.state_dict().items():
+        assert torch.equal(weights, loaded[k]), k
+    assert checkpoint_digest(path) != digest  # outputs made with the old file recompute
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_an_interrupted_record_leaves_the_checkpoint_as_it_was(trained_like, tmp_path, monkeypatch):
+    _, path = trained_like
+    original = path.read_bytes()
+
+    def dies_half_way(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fcnrs.fcn_model.checkpoint.save_file", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        record_halo(path, a_halo())
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_bad_halo_metadata_and_foreign_files_fail_naming_the_file(trained_like, tmp_path):
+    _, path = trained_like
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(header["meta"])
+    meta["halo"] = {**asdict(a_halo()), "halo": 50}  # not on the stride
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, bad, metadata={**header, "meta": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=rf"{bad}: .*multiple of 32 px"):
+        read_meta(bad)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match=f"{foreign}: a safetensors file, but not"):
+        record_halo(foreign, a_halo())
+    with pytest.raises(ValueError, match="multiple of 32"):
+        a_halo(halo=-32)

@@ -286,12 +286,12 @@ def test_without_val_scenes_the_last_model_is_exported(tmp_path, labeled):
     s = sample_settings(train, tmp_path, epochs=2, steps_per_epoch=2)
     progress = train_in_process(s)
     assert [h["validated"] for h in progress.history] == [False, False]
-    assert json.loads((tmp_path / "best_report.json").read_text()) == {
-        "epoch": 1,
-        "validated": False,
-    }
+    report = json.loads((tmp_path / "best_report.json").read_text())
+    assert report.pop("halo")["scenes"] == ["generated:777x1001"]  # no val scene to measure on
+    assert report == {"epoch": 1, "validated": False}
     _, meta = load_checkpoint(tmp_path / "best")
     assert meta.provenance["epoch"] == 1 and meta.provenance["val_mean_iou"] is None
+    assert meta.halo is not None and meta.halo.scenes == ("generated:777x1001",)
     # Every epoch reports its pace.
     assert all(h["steps_per_s"] > 0 and h["windows"] == 4 for h in progress.history)
 
