@@ -191,7 +191,8 @@ class FCN(nn.Module):
                 nn.init.normal_(module.weight, std=0.01)
             else:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     # -- trunk --------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -216,13 +217,15 @@ class FCN(nn.Module):
         pool = feats[name]
         if self.skip_scaling:
             pool = pool * _SKIP_SCALE[name]
-        return getattr(self, f"score_{name}")(pool)
+        score: torch.Tensor = getattr(self, f"score_{name}")(pool)
+        return score
 
     def _decode(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         score = self.score_fr(feats["fc7"])
         for up, name in zip(self._upsamplers, self.skips, strict=True):
             score = getattr(self, up)(score) + self._skip(feats, name)
-        return getattr(self, self._final)(score)
+        final: torch.Tensor = getattr(self, self._final)(score)
+        return final
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores ``(N, num_classes, H, W)`` for an input ``(N, bands, H, W)``."""
@@ -289,13 +292,23 @@ def build_model(
     num_classes: int,
     in_channels: int = 3,
     width: float = 1.0,
-    **kwargs: object,
+    learnable_upsampling: bool = False,
+    skip_scaling: bool = False,
+    dropout: float = 0.5,
 ) -> FCN:
-    """Build an FCN by variant name (one of :data:`Variant`: ``"fcn8s"``, ...)."""
+    """Build an FCN by variant name (one of :data:`Variant`: ``"fcn8s"``, ...);
+    the keywords are :class:`FCN`'s."""
     try:
         cls = VARIANTS[variant]
     except KeyError:
         raise ValueError(
             f"Expected a variant in {sorted(VARIANTS)}. Got {variant!r} instead."
         ) from None
-    return cls(num_classes, in_channels, width, **kwargs)
+    return cls(
+        num_classes,
+        in_channels,
+        width,
+        learnable_upsampling=learnable_upsampling,
+        skip_scaling=skip_scaling,
+        dropout=dropout,
+    )

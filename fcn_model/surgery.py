@@ -37,7 +37,8 @@ def read_state_dict(path: str | PathLike[str]) -> dict[str, torch.Tensor]:
         with path.open("rb") as fh:
             head = fh.read(8)
         if head.startswith(b"PK"):  # torch.save's zip container
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+            return state
         return load_file(str(path))
     except Exception as exc:
         raise WeightsError(

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, job in SUBCOMMANDS.items():
         sp = sub.add_parser(
             name,
-            help=job.__doc__.strip().splitlines()[0],
+            help=(job.__doc__ or name).strip().splitlines()[0],
             description=job.__doc__,
             formatter_class=argparse.RawTextHelpFormatter,
         )

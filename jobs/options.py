@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
-from typing import IO
+from typing import IO, Protocol
 
 from fcnrs.fcn_model import CheckpointError, ModelMeta, read_meta
 from fcnrs.pipeline.distributed.driver import request_stop
@@ -221,7 +221,13 @@ def build_parser(job: ModuleType, prog: str | None = None) -> argparse.ArgumentP
     return p
 
 
-def job_main(job: ModuleType) -> Callable[[Sequence[str] | None], int]:
+class JobMain(Protocol):
+    """A job's ``main``: its command line (default: ``sys.argv[1:]``) to an exit status."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
+
+
+def job_main(job: ModuleType) -> JobMain:
     """``main(argv)`` of a job module: parse, set up logging, run."""
 
     def main(argv: Sequence[str] | None = None) -> int:

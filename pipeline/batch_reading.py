@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from os import PathLike
 from typing import Literal
 
@@ -71,6 +72,10 @@ def validity_rule(
     return "bands", none
 
 
+#: A decoded piece: its stored values and, where the validity rule reads masks, its masks.
+_Piece = tuple[np.ndarray, np.ndarray | None]
+
+
 class _DecodedPieces:
     """Decoded block-aligned pieces of scenes, shared by every thread of a process:
     least recently used first out, within :data:`READ_CACHE_BYTES`. A piece two
@@ -79,13 +84,12 @@ class _DecodedPieces:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.bytes = 0
-        self.pieces: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray | None]] = (
-            OrderedDict()
-        )
+        self.pieces: OrderedDict[tuple[int, int, int], _Piece] = OrderedDict()
         self.pending: dict[tuple[int, int, int], threading.Event] = {}
         self.lock = threading.Lock()
 
-    def get(self, key, decode):  # type: ignore[no-untyped-def]
+    def get(self, key: tuple[int, int, int], decode: Callable[[], _Piece]) -> _Piece:
+        """The piece under ``key``, decoded by ``decode()`` when it is not here."""
         while True:
             with self.lock:
                 piece = self.pieces.get(key)
@@ -183,7 +187,8 @@ class SceneReader:
         valid = np.empty((n, h, w, masks), bool) if masks else None
         for k, tile in enumerate(tiles):
             self.read_into(tile.read, image[k], None if valid is None else valid[k])
-        return PixelBatch(image, valid, self.nodata, tuple(int(v) for v in core_box(tiles[0])))
+        r, c, h, w = (int(v) for v in core_box(tiles[0]))
+        return PixelBatch(image, valid, self.nodata, (r, c, h, w))
 
     def read_into(self, window: Window, image: np.ndarray, valid: np.ndarray | None) -> None:
         """Fill ``image`` ``(h, w, bands)`` (and ``valid``, when the rule reads
@@ -192,9 +197,7 @@ class SceneReader:
             self._decode(window, image, valid)
             return
         for piece, part in self._pieces(window):
-            data, mask = _PIECES.get(
-                (id(self), piece.row, piece.col), lambda p=piece: self._load(p)
-            )
+            data, mask = _PIECES.get((id(self), piece.row, piece.col), partial(self._load, piece))
             inner = part.relative_to(piece)
             outer = part.relative_to(window)
             image[outer] = data[inner]

@@ -369,5 +369,5 @@ def _smooth(rng: np.random.Generator, height: int, width: int, scale: int) -> np
     from scipy.ndimage import zoom
 
     coarse = rng.random((height // scale + 2, width // scale + 2)).astype(np.float32)
-    field = zoom(coarse, (height / coarse.shape[0], width / coarse.shape[1]), order=1)
+    field: np.ndarray = zoom(coarse, (height / coarse.shape[0], width / coarse.shape[1]), order=1)
     return field[:height, :width]

@@ -103,10 +103,11 @@ class Normalizer:
         planes = self._band_ok(
             self._to_device(image)[core], None if masks is None else masks[core], nodata
         )
-        if any(p is None for p in planes):  # a band with nothing invalid: every pixel
+        known = [p for p in planes if p is not None]
+        if len(known) < len(planes):  # a band with nothing invalid: every pixel
             return x, torch.ones((len(batch), h, w), dtype=torch.bool, device=self.device)
-        valid = planes[0].clone()
-        for plane in planes[1:]:
+        valid = known[0].clone()
+        for plane in known[1:]:
             valid |= plane
         return x, valid
 
@@ -247,9 +248,9 @@ class Predictor:
         model, self.meta = load_checkpoint(local_copy(model_path))  # s3:// too
         # Channels-last: oneDNN's (and cuDNN's) fast convolution layout; 1.7x
         # (fp32) to 1.8x (bf16) the throughput of the default layout on CPU here.
-        self.model = model.to(
-            device=self.device, dtype=self.dtype, memory_format=torch.channels_last
-        ).eval()
+        self.model = model.to(device=self.device, dtype=self.dtype)
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model.eval()
         self.probabilities = probabilities
         if self.num_classes > MAX_CLASSES:
             raise ValueError(
@@ -317,6 +318,7 @@ class Predictor:
         """An int64 array of this shape, the same one every call (the model runs
         one batch at a time)."""
         key = (tuple(shape), str(device))
+        buffers: dict[tuple[tuple[int, ...], str], torch.Tensor]
         buffers = self.__dict__.setdefault("_buffers", {})
         if key not in buffers:
             buffers[key] = torch.empty(shape, dtype=torch.int64, device=device)

@@ -81,7 +81,7 @@ def probabilities_attrs(info: SceneInfo, classes: Sequence[str]) -> dict[str, An
 def axis_attrs(info: SceneInfo, name: str) -> dict[str, Any]:
     """CF attributes of the ``x`` or ``y`` coordinate array."""
     base = {"_ARRAY_DIMENSIONS": [name]}
-    geographic = bool(info.crs_wkt) and CRS.from_wkt(info.crs_wkt).is_geographic
+    geographic = bool(info.crs_wkt) and CRS.from_wkt(info.crs_wkt or "").is_geographic
     if geographic:
         return base | {
             "standard_name": "longitude" if name == "x" else "latitude",
@@ -154,8 +154,10 @@ def is_ours_attrs(attrs: Mapping[str, Any] | None) -> bool:
 
 def is_complete_attrs(attrs: Mapping[str, Any] | None) -> bool:
     """Whether group attributes mark a complete label raster of this project."""
-    return is_ours_attrs(attrs) and attrs.get("complete") is True
+    return attrs is not None and is_ours_attrs(attrs) and attrs.get("complete") is True
 
 
 def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(values, default=str))
+    """``values`` as JSON holds them (what is not JSON becomes its ``str``)."""
+    plain: dict[str, Any] = json.loads(json.dumps(values, default=str))
+    return plain

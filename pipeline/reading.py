@@ -137,15 +137,14 @@ def read_bands(
     value, internal or sidecar mask, alpha) and it is finite. A *pixel* is valid
     where any of its bands is (:func:`pixel_valid`), as with GDAL's dataset mask.
     """
-    window = window.to_rasterio()
     try:
-        data = src.read(list(bands), window=window, out_dtype="float32")
-        band_valid = src.read_masks(list(bands), window=window) > 0
+        data = src.read(list(bands), window=window.to_rasterio(), out_dtype="float32")
+        band_valid = src.read_masks(list(bands), window=window.to_rasterio()) > 0
     except RasterioError as exc:
         raise SceneError(
             src.name,
-            f"cannot read rows {window.row_off}-{window.row_off + window.height}, cols "
-            f"{window.col_off}-{window.col_off + window.width} ({exc}); the file may be "
+            f"cannot read rows {window.row}-{window.row + window.height}, cols "
+            f"{window.col}-{window.col + window.width} ({exc}); the file may be "
             "truncated or corrupt",
         ) from exc
     band_valid &= np.isfinite(data)
@@ -154,7 +153,7 @@ def read_bands(
 
 def pixel_valid(band_valid: np.ndarray) -> np.ndarray:
     """Pixels with at least one valid band: ``(h, w)`` from ``(bands, h, w)``."""
-    return band_valid.any(axis=0)
+    return np.asarray(band_valid.any(axis=0))
 
 
 def normalize(

@@ -16,6 +16,7 @@ put in a message: errors name the URL and the reason only.
 
 from __future__ import annotations
 
+import builtins
 import ctypes
 import fnmatch
 import glob
@@ -344,7 +345,7 @@ class Location:
                 if key and not self._marker(meta):
                     yield key
 
-    def children(self) -> list[str]:
+    def children(self) -> builtins.list[str]:
         """Names of the files and folders directly in this folder, sorted (in S3,
         one listing by delimiter: a folder of many chunks costs one request)."""
         if not self.remote:
@@ -507,7 +508,7 @@ def _zarr_object_store(store: Any, *, read_only: bool) -> Any:
     from obstore import exceptions as ox
     from zarr.storage import ObjectStore
 
-    class RetriedObjectStore(ObjectStore):
+    class RetriedObjectStore(ObjectStore):  # type: ignore[type-arg]
         async def set_if_not_exists(self, key: str, value: Any) -> None:
             for attempt in range(S3_RETRIES + 1):
                 try:

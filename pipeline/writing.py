@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import numcodecs
 import numpy as np
 import zarr
+from zarr.core.array_spec import ArrayConfigParams
+from zarr.core.common import JSON
 
 from fcnrs.fcn_model import ModelMeta
 
@@ -39,7 +41,7 @@ P = TypeVar("P", Path, Location)
 _COMPRESSOR = numcodecs.Zstd(level=3)
 # Every chunk is written, even all-nodata ones: a chunk file on disk is the record
 # that its tile is done. (The setting is not stored with the array.)
-_WRITE_EMPTY = {"write_empty_chunks": True}
+_WRITE_EMPTY: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 def staging_path(final: P) -> P:
@@ -82,15 +84,23 @@ def _remove_ours(path: Location) -> None:
     path.delete_tree()
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """The array ``name`` of a staging group (a group there is not ours: refused)."""
+    found = group[name]
+    if not isinstance(found, zarr.Array):
+        raise ValueError(f"{group.store}: {name} is not an array")
+    return found
+
+
 class ChunkWriter:
     """Writes tile cores into an existing staging group: what a worker needs, and
     all it needs (the path), so it can run in any process of a cluster."""
 
     def __init__(self, staging: str | PathLike[str] | Location, *, probabilities: bool) -> None:
         root = zarr.open_group(Location(staging).zarr_store(), mode="r+", zarr_format=2)
-        self.labels = root["labels"].with_config(_WRITE_EMPTY)
+        self.labels = _array(root, "labels").with_config(_WRITE_EMPTY)
         self.probabilities = (
-            root["probabilities"].with_config(_WRITE_EMPTY) if probabilities else None
+            _array(root, "probabilities").with_config(_WRITE_EMPTY) if probabilities else None
         )
 
     def write(
@@ -180,7 +190,7 @@ class StagingGroup:
         _remove_ours(self.staging)
         # The format marker goes first, with the group itself: whatever stops this
         # run, the folder it leaves is recognisably this project's to replace.
-        marker = {"format": layout.OUTPUT_FORMAT, "complete": False}
+        marker: dict[str, JSON] = {"format": layout.OUTPUT_FORMAT, "complete": False}
         store = self.staging.zarr_store()
         root = zarr.open_group(store, mode="w", zarr_format=2, attributes=marker)
         info = self.info

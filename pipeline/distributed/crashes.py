@@ -76,7 +76,8 @@ def _over(record: Mapping[str, object]) -> bool:
         return time.time() - float(record.get("written", 0)) > STALE_S  # type: ignore[arg-type]
     try:
         proc = psutil.Process(int(record.get("pid", -1)))  # type: ignore[call-overload]
-        return abs(proc.create_time() - float(record.get("started", 0))) > 1  # type: ignore[arg-type]
+        started = float(record.get("started", 0))  # type: ignore[arg-type]
+        return bool(abs(proc.create_time() - started) > 1)
     except (psutil.Error, ValueError):
         return True
 

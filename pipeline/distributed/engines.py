@@ -57,13 +57,15 @@ def start_ray() -> None:
 def cluster_resources() -> dict[str, float]:
     import ray
 
-    return ray.cluster_resources()
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return resources
 
 
 def node_resources() -> list[dict[str, float]]:
     import ray
 
-    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    nodes = ray.nodes()  # type: ignore[no-untyped-call]
+    return [node["Resources"] for node in nodes if node.get("Alive")]
 
 
 @dataclass(frozen=True)

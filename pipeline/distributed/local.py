@@ -102,7 +102,7 @@ class ThreadPipeline:
         future = self.pools[step].submit(self.steps[step], request, value)
         future.add_done_callback(lambda f: self._then(key, request, step, f))
 
-    def _then(self, key: Any, request: BatchRequest, step: int, future: Future) -> None:
+    def _then(self, key: Any, request: BatchRequest, step: int, future: Future[Any]) -> None:
         if future.cancelled():  # closing: nobody waits for it
             return
         exc = future.exception()

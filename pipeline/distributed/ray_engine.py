@@ -79,7 +79,7 @@ class _Replica:
         all its slots full, the reads and writes around it are too slow to
         cover with this many items; give it one more."""
         self.recent.append((time.monotonic(), seconds))
-        if len(self.recent) < self.recent.maxlen:
+        if len(self.recent) < (self.recent.maxlen or 0):
             return
         span = self.recent[-1][0] - self.recent[0][0]
         busy = sum(s for _, s in list(self.recent)[1:])
@@ -157,7 +157,7 @@ class RayEngine:
 
     def _start(self) -> None:
         actor = self.actor_class.remote(**self.predict_args)
-        self.starting[actor.ready.remote()] = actor
+        self.starting[actor.ready.remote()] = actor  # type: ignore[attr-defined]
 
     def _live(self) -> list[_Replica]:
         return [r for r in self.replicas if not r.dead]

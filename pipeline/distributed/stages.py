@@ -38,6 +38,8 @@ from .retries import guarded
 
 if TYPE_CHECKING:  # torch is imported by the replicas only, never by read and write tasks
     from ..inference import Prepared
+    from ..precision import Precision
+    from ..tta import TTA
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,10 @@ class PredictStage:
         model: str,
         *,
         device: str,
-        precision: str,
+        precision: Precision,
         probabilities: bool,
         threads: int,
-        tta: str = "none",
+        tta: TTA = "none",
     ) -> None:
         import torch
 
@@ -152,12 +154,12 @@ class PredictStage:
         # Inside a Ray worker ray is imported already; the local engine never needs it.
         ray = sys.modules.get("ray")
         on_ray = ray is not None and ray.is_initialized()
-        gpu_ids = ray.get_gpu_ids() if on_ray else []
+        gpu_ids = ray.get_gpu_ids() if ray is not None and on_ray else []
         if device == "cuda" and not torch.cuda.is_available():
             log.warning("GPU %s assigned but torch sees no CUDA device: running on CPU", gpu_ids)
             device = "cpu"
         # Which replica did the work: the run summary shows how batches spread.
-        node = ray.util.get_node_ip_address() if on_ray else "local"
+        node = ray.util.get_node_ip_address() if ray is not None and on_ray else "local"
         self.replica = f"{node}:{os.getpid()} gpu={gpu_ids}"
         self.predictor = Predictor(
             model, device=device, precision=precision, probabilities=probabilities, tta=tta
