@@ -126,7 +126,7 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def add_bands(p: argparse.ArgumentParser, help: str) -> None:
+def add_bands(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
     p.add_argument("--bands", type=parse_bands, default=None, help=help)
 
 

@@ -1,11 +1,12 @@
-"""Segment GeoTIFF scenes into georeferenced Zarr label rasters, on Ray.
+"""Segment GeoTIFF scenes into georeferenced Zarr label rasters, on Ray or in one process.
 
     python jobs/segment_scenes.py --model MODEL.safetensors --scenes 'scenes/*.tif' --out OUT
     ray job submit --working-dir . -- python jobs/segment_scenes.py --model ... --scenes ... --out ...
     fcnrs segment --model ... --scenes ... --out ...
 
-Plain ``python`` starts a local Ray; under ``ray job submit`` (RAY_ADDRESS set)
-it joins the cluster. Each scene becomes ``OUT/<scene stem>.zarr`` and a row in
+Plain ``python`` runs the local engine (this process and one worker process,
+every core, no Ray; ``--engine ray`` starts a local Ray instead); under ``ray
+job submit`` (RAY_ADDRESS set) it joins the cluster. Each scene becomes ``OUT/<scene stem>.zarr`` and a row in
 ``OUT/manifest/``. Scenes already done with the same model and settings are
 skipped; interrupted ones resume. One bad scene fails alone (recorded with its
 reason) and the others finish. Exit status: 0 when every scene is done or
@@ -36,6 +37,7 @@ import logging
 import os
 import signal
 import sys
+from typing import get_args
 
 from fcnrs.fcn_model import FCNModelError
 from fcnrs.gis.night import write_night_polygons
@@ -55,11 +57,12 @@ from fcnrs.jobs.options import (
     stop_on_sigterm,
 )
 from fcnrs.pipeline.distributed import print_summary, run_scenes
-from fcnrs.pipeline.distributed.driver import Engine, RunReport
+from fcnrs.pipeline.distributed.driver import EngineName, RunReport
 from fcnrs.pipeline.distributed.retries import DEFAULT_RETRIES
 from fcnrs.pipeline.errors import OutputError
 from fcnrs.pipeline.memory import keep_freed_memory
 from fcnrs.pipeline.planning import DEFAULT_TILE_SIZE
+from fcnrs.pipeline.precision import Precision
 from fcnrs.pipeline.scenes import SegmentSettings, expand_scenes
 from fcnrs.pipeline.tta import TTA_MODES
 
@@ -67,6 +70,14 @@ log = logging.getLogger("fcnrs.segment")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The job's options, in the groups ``--help`` shows."""
+    _add_inputs(p.add_argument_group("inputs and output"))
+    _add_output_settings(p.add_argument_group("what decides the labels (recorded in each output)"))
+    _add_execution(p.add_argument_group("how the run goes"))
+    _add_after_the_run(p.add_argument_group("after the run"))
+
+
+def _add_inputs(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--model", required=True, help="checkpoint written by save_checkpoint (path or s3:// URL)"
     )
@@ -79,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", required=True, type=output_folder, help="output folder (one .zarr per scene)"
     )
+
+
+def _add_output_settings(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--tile-size",
         type=at_least(1),
@@ -104,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=list(get_args(Precision)),
         default="auto",
         help="auto: bf16 where the hardware runs it fast (CPU with AVX512-BF16 or AMX, "
         "CUDA with bf16), fp32 elsewhere; the choice is logged and recorded",
@@ -117,9 +131,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "every flip and 90-degree turn (d4), on the stride grid; 4x or 8x the model's "
         "work (default %(default)s: see the README for what it gains)",
     )
+
+
+def _add_execution(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--engine",
-        choices=["auto", "ray", "local"],
+        choices=["auto", *get_args(EngineName)],
         default="auto",
         help="ray: a Ray cluster (joined under ray job submit, else started locally); "
         "local: this process on every core, no Ray; auto (default): ray under "
@@ -147,6 +164,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="manifest run id: letters, digits, '.', '_', '-' (default: time + random)",
     )
+
+
+def _add_after_the_run(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--vectors",
         nargs="?",
@@ -251,7 +271,7 @@ def write_polygons(report: RunReport, out: str, *, fmt: Format = "parquet") -> i
     return failed
 
 
-def choose_engine(engine: str) -> Engine:
+def choose_engine(engine: str) -> EngineName:
     """``auto``: the Ray cluster a ``ray job submit`` runs in, else this process."""
     if engine == "auto":
         return "ray" if os.environ.get("RAY_ADDRESS") else "local"

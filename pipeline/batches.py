@@ -35,7 +35,7 @@ class BatchRequest:
     #: 1-based band indexes, in the model's order.
     bands: tuple[int, ...]
     tiles: tuple[Tile, ...]
-    probabilities: bool
+    write_probabilities: bool
 
 
 @dataclass(frozen=True)

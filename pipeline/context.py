@@ -235,50 +235,63 @@ def measure_halo(
             names = [f"generated:{GENERATED_SHAPE[0]}x{GENERATED_SHAPE[1]}"]
         try:
             targets = _targets(predictor, paths, names, bands or meta.bands, meta, max_side)
-            # Small scenes get smaller cores: three along each region's shorter
-            # side, so that some core has seams on all four sides.
-            cores = [seam_tile_size(t.region, tile_size) for t in targets]
-
-            def lowest_agreement(halo: int, *, stop_below: float) -> float:
-                worst = 1.0
-                for t, core in zip(targets, cores, strict=True):
-                    tiled = region_labels(
-                        predictor, t.reader, t.region, tile_size=core, overlap=halo
-                    )
-                    worst = min(worst, float((tiled[t.valid] == t.whole[t.valid]).mean()))
-                    if worst < stop_below:
-                        break  # the next scenes cannot raise it
-                log.info("halo %d px: %.4f%% of valid pixels agree", halo, 100 * worst)
-                return worst
-
-            tried: list[tuple[int, float]] = []
-            for halo in range(0, max_halo + 1, STRIDE):
-                tried.append((halo, lowest_agreement(halo, stop_below=threshold)))
-                if tried[-1][1] >= threshold:
-                    break
-            else:
-                steps = ", ".join(f"{h} px {a:.3%}" for h, a in tried)
+            search = _Search(predictor, targets, tile_size)
+            needed = search.smallest(threshold, max_halo)
+            if needed is None:
+                steps = ", ".join(f"{h} px {a:.3%}" for h, a in search.tried)
                 raise ValueError(
                     f"{model}: no halo up to {max_halo} px gives {threshold:.1%} agreement with "
                     f"a whole-scene pass on {', '.join(names)} ({steps})"
                 )
-            needed = tried[-1][0]
             if margin:
-                tried.append((needed + margin, lowest_agreement(needed + margin, stop_below=0)))
+                search.agreement(needed + margin, stop_below=0.0)
         finally:
             for t in targets:
                 t.reader.close()
     return HaloMeasurement(
         halo=needed + margin,
         needed=needed,
-        agreement=tried[-1][1],
+        agreement=search.tried[-1][1],
         threshold=threshold,
-        tile_size=min(cores),
+        tile_size=min(search.cores),
         precision=predictor.precision,
         scenes=tuple(names),
         measured=datetime.now(UTC).isoformat(timespec="seconds"),
-        tried=tuple(tried),
+        tried=tuple(search.tried),
     )
+
+
+class _Search:
+    """Agreement of tiled labels with the whole-region pass, halo by halo, over
+    every target; each halo tried is kept with its lowest agreement."""
+
+    def __init__(self, predictor: Predictor, targets: Sequence[_Target], tile_size: int) -> None:
+        self.predictor, self.targets = predictor, targets
+        # Small scenes get smaller cores: three along each region's shorter
+        # side, so that some core has seams on all four sides.
+        self.cores = [seam_tile_size(t.region, tile_size) for t in targets]
+        self.tried: list[tuple[int, float]] = []
+
+    def agreement(self, halo: int, *, stop_below: float) -> float:
+        """The lowest share of agreeing valid pixels over the targets at ``halo``
+        (the first one below ``stop_below`` ends the count: no later one can raise it)."""
+        worst = 1.0
+        for t, core in zip(self.targets, self.cores, strict=True):
+            tiled = region_labels(self.predictor, t.reader, t.region, tile_size=core, overlap=halo)
+            worst = min(worst, float((tiled[t.valid] == t.whole[t.valid]).mean()))
+            if worst < stop_below:
+                break
+        log.info("halo %d px: %.4f%% of valid pixels agree", halo, 100 * worst)
+        self.tried.append((halo, worst))
+        return worst
+
+    def smallest(self, threshold: float, max_halo: int) -> int | None:
+        """The smallest multiple of the stride up to ``max_halo`` that reaches
+        ``threshold`` (None: none does)."""
+        for halo in range(0, max_halo + 1, STRIDE):
+            if self.agreement(halo, stop_below=threshold) >= threshold:
+                return halo
+        return None
 
 
 def _targets(

@@ -234,7 +234,7 @@ class Predictor:
 
     def __init__(
         self,
-        model_path: str | PathLike[str],
+        model: str | PathLike[str],
         *,
         device: str | None = None,
         precision: Precision = "auto",
@@ -245,12 +245,12 @@ class Predictor:
         self.device = torch.device(device or default_device())
         self.precision = resolve_precision(precision, self.device.type)
         self.dtype = _DTYPES[self.precision]
-        model, self.meta = load_checkpoint(local_copy(model_path))  # s3:// too
+        network, self.meta = load_checkpoint(local_copy(model))  # s3:// too
         # Channels-last: oneDNN's (and cuDNN's) fast convolution layout; 1.7x
         # (fp32) to 1.8x (bf16) the throughput of the default layout on CPU here.
-        self.model = model.to(device=self.device, dtype=self.dtype)
-        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model.eval()
+        self.network = network.to(device=self.device, dtype=self.dtype)
+        self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.network.eval()
         self.probabilities = probabilities
         if self.num_classes > MAX_CLASSES:
             raise ValueError(
@@ -294,11 +294,11 @@ class Predictor:
             # Channels-last already (a view of the interleaved pixels), unless
             # tiles without valid pixels were dropped from the batch.
             if self.tta == "none":
-                scores = self.model(prepared.x.contiguous(memory_format=torch.channels_last))
+                scores = self.network(prepared.x.contiguous(memory_format=torch.channels_last))
                 scores = scores[:, :, r : r + h, c : c + w]
             else:  # already probabilities, averaged over the passes
                 scores = averaged_probabilities(
-                    self.model, prepared.x, mode=self.tta, core=prepared.core
+                    self.network, prepared.x, mode=self.tta, core=prepared.core
                 )
             # argmax in the model's dtype (widening is exact: the same labels), into
             # one buffer per shape: a fresh int64 array per batch is page-faulted in
@@ -336,7 +336,7 @@ class Predictor:
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         with torch.inference_mode():
-            self.model(x.contiguous(memory_format=torch.channels_last))
+            self.network(x.contiguous(memory_format=torch.channels_last))
         torch.cuda.synchronize(self.device)
         per_window = torch.cuda.max_memory_allocated(self.device) - before
         free, _ = torch.cuda.mem_get_info(self.device)

@@ -98,7 +98,7 @@ def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
 
 
 def averaged_probabilities(
-    model: torch.nn.Module,
+    network: torch.nn.Module,
     x: torch.Tensor,
     *,
     mode: TTA,
@@ -108,7 +108,7 @@ def averaged_probabilities(
 
     Parameters
     ----------
-    model
+    network
         An FCN: ``(n, bands, H, W)`` in, class scores ``(n, classes, H, W)`` out.
     x
         The model's input ``(n, bands, h, w)``, windows that start on the stride grid.
@@ -132,7 +132,7 @@ def averaged_probabilities(
     passes = TRANSFORMS[check_mode(mode)]
     total: torch.Tensor | None = None
     for t in passes:
-        scores = model(t.apply(padded).contiguous(memory_format=torch.channels_last))
+        scores = network(t.apply(padded).contiguous(memory_format=torch.channels_last))
         scores = t.undo(scores)[:, :, r : r + ch, c : c + cw]
         p = torch.softmax(scores.float(), dim=1)
         total = p if total is None else total.add_(p)

@@ -96,11 +96,13 @@ class ChunkWriter:
     """Writes tile cores into an existing staging group: what a worker needs, and
     all it needs (the path), so it can run in any process of a cluster."""
 
-    def __init__(self, staging: str | PathLike[str] | Location, *, probabilities: bool) -> None:
+    def __init__(
+        self, staging: str | PathLike[str] | Location, *, with_probabilities: bool
+    ) -> None:
         root = zarr.open_group(Location(staging).zarr_store(), mode="r+", zarr_format=2)
         self.labels = _array(root, "labels").with_config(_WRITE_EMPTY)
         self.probabilities = (
-            _array(root, "probabilities").with_config(_WRITE_EMPTY) if probabilities else None
+            _array(root, "probabilities").with_config(_WRITE_EMPTY) if with_probabilities else None
         )
 
     def write(
@@ -241,7 +243,7 @@ class StagingGroup:
 
     def chunks(self) -> ChunkWriter:
         """A writer of this group's chunks."""
-        return ChunkWriter(self.staging, probabilities=self.with_probabilities)
+        return ChunkWriter(self.staging, with_probabilities=self.with_probabilities)
 
     def publish(self, valid_pixels: int) -> Location:
         """Write the scene metadata and the completion marker last, then put the

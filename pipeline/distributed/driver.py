@@ -42,10 +42,7 @@ from .retries import DEFAULT_RETRIES
 from .run import STOPS, RunReport, RunState, record_run, request_stop, start_run
 from .scene_jobs import SceneJob, close_out, finish, prepare_scenes, schedule
 
-#: The engine names, as before the engines had a module of their own.
-Engine = EngineName
-
-__all__ = ["Engine", "RunReport", "SceneJob", "request_stop", "run_scenes"]
+__all__ = ["EngineName", "RunReport", "SceneJob", "request_stop", "run_scenes"]
 
 log = logging.getLogger(__name__)
 

@@ -162,7 +162,7 @@ def batch_request(run: RunState, job: SceneJob, item: WorkItem) -> BatchRequest:
         output=str(job.plan.output),
         bands=tuple(job.plan.bands),
         tiles=item.tiles,
-        probabilities=run.settings.probabilities,
+        write_probabilities=run.settings.probabilities,
     )
 
 

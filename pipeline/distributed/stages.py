@@ -201,7 +201,7 @@ def write_stage(request: BatchRequest, labels: LabelBatch) -> WriteSummary:
     probabilities = labels.probabilities
     valid = 0
     with _WRITERS.use(
-        staging, lambda: ChunkWriter(staging, probabilities=request.probabilities)
+        staging, lambda: ChunkWriter(staging, with_probabilities=request.write_probabilities)
     ) as writer:
         for k, tile in enumerate(request.tiles):
             probs: Any = probabilities[k] if probabilities is not None else None

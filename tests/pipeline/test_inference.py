@@ -37,7 +37,7 @@ def test_labels_are_cropped_to_the_core_with_nodata_where_invalid(make_checkpoin
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     with torch.inference_mode():
         t = torch.from_numpy(x).to(predictor.dtype)
-        full = predictor.model(t.contiguous(memory_format=torch.channels_last))
+        full = predictor.network(t.contiguous(memory_format=torch.channels_last))
         full = full.float().argmax(1).numpy()
     np.testing.assert_array_equal(out.labels[:, 5:], full[:, 10:69, 7:77])
 
@@ -95,7 +95,7 @@ def _reference_labels(predictor: Predictor, scene, bands, tiles) -> np.ndarray:
     x = torch.from_numpy(np.stack([image for image, _ in windows]))
     with torch.inference_mode():
         x = x.to(dtype=predictor.dtype).contiguous(memory_format=torch.channels_last)
-        scores = predictor.model(x)[:, :, r : r + h, c : c + w]
+        scores = predictor.network(x)[:, :, r : r + h, c : c + w]
         labels = scores.float().argmax(1).to(torch.uint8).numpy()
     valid = np.stack([v[r : r + h, c : c + w] for _, v in windows])
     labels[~valid] = NODATA

@@ -38,7 +38,7 @@ def _request(scene, plan, batch):
         output=str(plan.output),
         bands=tuple(plan.bands),
         tiles=tuple(batch),
-        probabilities=False,
+        write_probabilities=False,
     )
 
 
