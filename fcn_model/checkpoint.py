@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import struct
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
+from .files import replaced_whole
 from .meta import FORMAT_NAME, FORMAT_VERSION, HaloMeasurement, ModelMeta, default_colors
 from .network import FCN, VARIANTS
 
@@ -115,33 +114,22 @@ def save_checkpoint(
     )
     _validate(meta, model)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, tensors, meta, mode=0o666 & ~_umask())
+    _write_whole(path, tensors, meta)
     return path
 
 
-def _write_atomically(
-    path: Path, tensors: dict[str, torch.Tensor], meta: ModelMeta, *, mode: int
+def _write_whole(
+    path: Path, tensors: dict[str, torch.Tensor], meta: ModelMeta, *, mode: int | None = None
 ) -> None:
-    """Write a checkpoint file beside ``path`` and rename it over ``path``: a reader
-    sees the old file or the new one, never half of either."""
+    """Write a checkpoint file whole (:func:`~fcnrs.fcn_model.files.replaced_whole`):
+    a reader sees the old file or the new one, never half of either."""
     header = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "meta": meta.to_json(),
     }
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with replaced_whole(path, mode=mode) as tmp:
         save_file(tensors, tmp, metadata=header)
-        with tmp.open("rb") as fh:  # on disk before the rename makes it the checkpoint
-            os.fsync(fh.fileno())
-        # save_file creates 0600 files, which hides a checkpoint from the other
-        # users of a shared file system: give it what the umask allows.
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def record_halo(path: str | PathLike[str], halo: HaloMeasurement) -> ModelMeta:
@@ -170,21 +158,8 @@ def record_halo(path: str | PathLike[str], halo: HaloMeasurement) -> ModelMeta:
     except Exception as exc:
         raise CheckpointError(f"{path}: checkpoint weights are unreadable ({exc}).") from exc
     updated = replace(meta, halo=halo)
-    _write_atomically(path, tensors, updated, mode=path.stat().st_mode & 0o777)
+    _write_whole(path, tensors, updated, mode=path.stat().st_mode & 0o777)
     return updated
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (Linux), else by setting it back."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def read_meta(path: str | PathLike[str]) -> ModelMeta:

@@ -26,7 +26,6 @@ import re
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -35,6 +34,8 @@ from os import PathLike
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
+
+from fcnrs.fcn_model.files import replaced_whole
 
 #: Retries of a request to object storage, and the longest it may keep retrying.
 S3_RETRIES = 6
@@ -380,14 +381,8 @@ class Location:
 
             _call(self, obstore.put, _store(self.bucket), self.key, data)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_bytes(data)  # created by open(): the process umask applies
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with replaced_whole(self.path) as tmp:
+            tmp.write_bytes(data)
 
     def upload(self, source: str | PathLike[str]) -> None:
         """Copy a local file here whole: one PUT, or a multipart upload that the
@@ -414,14 +409,11 @@ class Location:
                 yield tmp
                 self.upload(tmp)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex}{self.path.suffix}")
-        try:
-            yield tmp
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
-            Path(f"{tmp}.aux.xml").unlink(missing_ok=True)  # a GDAL PAM sidecar, if any
+        with replaced_whole(self.path) as tmp:
+            try:
+                yield tmp
+            finally:
+                Path(f"{tmp}.aux.xml").unlink(missing_ok=True)  # a GDAL PAM sidecar, if any
 
     def delete(self) -> None:
         """Delete this file (nothing happens when there is none)."""
