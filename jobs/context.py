@@ -35,6 +35,7 @@ from fcnrs.pipeline.context import (
     measure_halo,
 )
 from fcnrs.pipeline.planning import DEFAULT_TILE_SIZE, plan_tiles
+from fcnrs.pipeline.storage import is_url
 
 log = logging.getLogger("fcnrs.context")
 
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if "://" in args.model:
+    if is_url(args.model):
         log.error("%s: give a local checkpoint file; the halo is written into it", args.model)
         return 2
     try:

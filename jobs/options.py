@@ -76,7 +76,7 @@ def run_id(text: str) -> str:
 
 def output_folder(text: str) -> str:
     """An argparse type: a local folder or an ``s3://bucket/prefix`` URL."""
-    if "://" in text and not text.startswith("s3://"):
+    if is_url(text) and not text.startswith("s3://"):
         raise argparse.ArgumentTypeError(
             f"{text!r}: give a local folder or an s3://bucket/prefix URL (other "
             "schemes are not supported)"

@@ -11,24 +11,21 @@ allowed only for a loopback endpoint. Both sides retry transient errors (5xx,
 dropped connections, timeouts) with exponential backoff: obstore through its
 retry configuration, GDAL through ``GDAL_HTTP_MAX_RETRY`` and
 ``GDAL_HTTP_RETRY_DELAY`` (an operator's own values win). Credentials are never
-put in a message: errors name the URL and the reason only.
+put in a message: errors name the URL and the reason only. How each library's
+client is configured is :mod:`fcnrs.pipeline.s3_clients`.
 """
 
 from __future__ import annotations
 
 import builtins
-import ctypes
 import fnmatch
 import glob
-import hashlib
 import os
 import re
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from functools import cached_property
 from os import PathLike
 from pathlib import Path, PurePosixPath
@@ -37,165 +34,27 @@ from urllib.parse import urlsplit
 
 from fcnrs.fcn_model.files import replaced_whole
 
-#: Retries of a request to object storage, and the longest it may keep retrying.
-S3_RETRIES = 6
-S3_RETRY_TIMEOUT = timedelta(seconds=120)
-#: Seconds a request may take to connect, and in all by default, before it is
-#: abandoned and retried (a stalled server), for obstore, GDAL and pyarrow alike.
-S3_CONNECT_TIMEOUT = 10
-S3_REQUEST_TIMEOUT = 60
-#: The variable that changes the request timeout (seconds), read when a client is
-#: configured, so that every process of a run (the local engine's worker, Ray's)
-#: follows it.
-TIMEOUT_ENV = "FCNRS_S3_TIMEOUT"
+from .s3_clients import (
+    arrow_filesystem,
+    clear_gdal_cache,
+    obstore_store,
+    sync_gdal_env,
+    zarr_object_store,
+)
 
-
-def request_timeout() -> float:
-    """Seconds a request to object storage may take in all: ``$FCNRS_S3_TIMEOUT``,
-    else :data:`S3_REQUEST_TIMEOUT`."""
-    text = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        seconds = float(text) if text else float(S3_REQUEST_TIMEOUT)
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give a number of seconds") from None
-    if seconds <= 0:
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: give a number of seconds above 0")
-    return seconds
-
-
-_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
-
-_stores: dict[tuple[Any, ...], Any] = {}
-_lock = threading.Lock()
-_gdal_set: dict[str, str] = {}  # what this module put in os.environ, to update it alone
+__all__ = [
+    "Location",
+    "arrow_filesystem",
+    "clear_gdal_cache",
+    "expand_url_glob",
+    "is_url",
+    "local_copy",
+    "sync_gdal_env",
+]
 
 
 def is_url(path: str | PathLike[str] | Location) -> bool:
     return "://" in str(path)
-
-
-def _endpoint() -> str:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
-
-
-def _is_loopback(endpoint: str) -> bool:
-    host = urlsplit(endpoint).hostname or ""
-    return any(host.startswith(p) for p in _LOOPBACK)
-
-
-def sync_gdal_env() -> None:
-    """Give GDAL the endpoint and retry settings the AWS variables imply (for
-    ``/vsis3/``), unless the operator set GDAL's own; cheap, and called before
-    every remote open, as a process may learn its environment late."""
-    wanted = {
-        "GDAL_HTTP_MAX_RETRY": str(S3_RETRIES),
-        "GDAL_HTTP_RETRY_DELAY": "0.5",
-        "GDAL_HTTP_CONNECTTIMEOUT": str(S3_CONNECT_TIMEOUT),
-        "GDAL_HTTP_TIMEOUT": f"{request_timeout():g}",
-        # Cache an object's bytes while it is open, not after: a scene replaced in
-        # the bucket is read anew by the next handle, never from this process's
-        # old copy.
-        "CPL_VSIL_CURL_NON_CACHED": "/vsis3/",
-    }
-    endpoint = _endpoint()
-    if endpoint:
-        parts = urlsplit(endpoint)
-        wanted["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
-        wanted["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
-        wanted["AWS_VIRTUAL_HOSTING"] = "FALSE"  # S3-compatible servers use path style
-    if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
-        wanted["AWS_DEFAULT_REGION"] = os.environ["AWS_REGION"]
-    for key, value in wanted.items():
-        current = os.environ.get(key)
-        if current is None or _gdal_set.get(key) == current:
-            os.environ[key] = value
-            _gdal_set[key] = value
-
-
-def clear_gdal_cache() -> int:
-    """Forget what GDAL has cached, in this process, of objects read over HTTP
-    (``VSICurlClearCache``): their sizes, existence, listings and bytes.
-
-    GDAL keeps these per process, beyond a handle's life (even with
-    ``CPL_VSIL_CURL_NON_CACHED``, for ``/vsis3_streaming/`` and the listings
-    behind a Zarr group). A process that opened an output through ``/vsis3/``
-    and opens it again after a later run republished it would read the old
-    sizes: ``JSON parsing error`` on ``.zmetadata``, ``Could not read tile``, or
-    stale pixels. Call this before reopening such an output (the project does,
-    wherever it reopens one); a fresh process needs nothing.
-
-    Every GDAL loaded in the process is cleared (rasterio's, and pyogrio's own
-    where it is loaded). Returns how many were.
-    """
-    cleared = 0
-    for library in _gdal_libraries():
-        try:
-            lib = ctypes.CDLL(
-                library, mode=getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LAZY", 0)
-            )
-        except OSError:  # not loaded after all: nothing of it to clear
-            continue
-        lib.VSICurlClearCache()
-        cleared += 1
-    return cleared
-
-
-def _gdal_libraries() -> list[str]:
-    """The GDAL shared libraries mapped into this process (Linux: from
-    ``/proc/self/maps``; elsewhere rasterio's bundled or linked one)."""
-    import rasterio  # loads GDAL if it is not yet
-
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        maps = []
-    found = {line.split()[-1] for line in maps if re.search(r"/libgdal[.-][^/]*$", line)}
-    if not found:
-        import ctypes.util
-
-        libs = Path(rasterio.__file__).parent.parent / "rasterio.libs"
-        found = {str(p) for p in libs.glob("libgdal*")} or {ctypes.util.find_library("gdal") or ""}
-    return sorted(f for f in found if f)
-
-
-def _store(bucket: str, prefix: str = "") -> Any:
-    """One obstore S3 store per bucket, key prefix and endpoint in this process."""
-    from obstore.store import S3Store
-
-    endpoint = _endpoint()
-    # A store holds the credentials it was built with: a changed environment
-    # (another profile, a rotated key) builds another. Only a digest is kept.
-    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-    secret = hashlib.sha256("|".join(os.environ.get(n, "") for n in names).encode()).hexdigest()
-    timeouts = (S3_CONNECT_TIMEOUT, request_timeout())
-    key = (bucket, prefix, endpoint, secret, timeouts)
-    with _lock:
-        store = _stores.get(key)
-        if store is None:
-            if endpoint.startswith("http://") and not _is_loopback(endpoint):
-                raise ValueError(
-                    f"AWS_ENDPOINT_URL {endpoint} is plain http: allowed for loopback "
-                    "endpoints only; use https"
-                )
-            store = _stores[key] = S3Store(
-                bucket,
-                prefix=prefix or None,
-                client_options={
-                    "allow_http": endpoint.startswith("http://"),
-                    "connect_timeout": timedelta(seconds=S3_CONNECT_TIMEOUT),
-                    "timeout": timedelta(seconds=timeouts[1]),
-                },
-                retry_config={
-                    "max_retries": S3_RETRIES,
-                    "retry_timeout": S3_RETRY_TIMEOUT,
-                    "backoff": {
-                        "init_backoff": timedelta(milliseconds=100),
-                        "max_backoff": timedelta(seconds=5),
-                        "base": 2,
-                    },
-                },
-            )
-    return store
 
 
 class Location:
@@ -292,7 +151,7 @@ class Location:
             return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "etag": ""}
         import obstore
 
-        meta = _call(self, obstore.head, _store(self.bucket), self.key)
+        meta = _call(self, obstore.head, obstore_store(self.bucket), self.key)
         modified = meta["last_modified"]
         return {
             "size": int(meta["size"]),
@@ -306,7 +165,7 @@ class Location:
             return self.path.read_bytes()
         import obstore
 
-        return bytes(_call(self, obstore.get, _store(self.bucket), self.key).bytes())
+        return bytes(_call(self, obstore.get, obstore_store(self.bucket), self.key).bytes())
 
     @contextmanager
     def open(self) -> Iterator[Any]:
@@ -318,7 +177,7 @@ class Location:
             return
         import obstore
 
-        reader = _call(self, obstore.open_reader, _store(self.bucket), self.key)
+        reader = _call(self, obstore.open_reader, obstore_store(self.bucket), self.key)
         try:
             yield reader
         finally:
@@ -336,7 +195,7 @@ class Location:
         import obstore
 
         prefix = f"{self.key}/" if self.key else ""
-        batches = obstore.list(_store(self.bucket), prefix=prefix, chunk_size=1000)
+        batches = obstore.list(obstore_store(self.bucket), prefix=prefix, chunk_size=1000)
         while True:
             batch = _call(self, next, batches, None)  # a listing's errors name the URL too
             if batch is None:
@@ -354,7 +213,7 @@ class Location:
         import obstore
 
         prefix = f"{self.key}/" if self.key else ""
-        found = _call(self, obstore.list_with_delimiter, _store(self.bucket), prefix)
+        found = _call(self, obstore.list_with_delimiter, obstore_store(self.bucket), prefix)
         names = [p.rstrip("/") for p in found["common_prefixes"]]
         names += [m["path"] for m in found["objects"] if not self._marker(m)]
         return sorted({n[len(prefix) :] for n in names} - {""})
@@ -368,7 +227,7 @@ class Location:
         import obstore
 
         try:
-            _call(self, obstore.head, _store(self.bucket), meta["path"])
+            _call(self, obstore.head, obstore_store(self.bucket), meta["path"])
         except FileNotFoundError:
             return True
         return False
@@ -379,7 +238,7 @@ class Location:
         if self.remote:
             import obstore
 
-            _call(self, obstore.put, _store(self.bucket), self.key, data)
+            _call(self, obstore.put, obstore_store(self.bucket), self.key, data)
             return
         with replaced_whole(self.path) as tmp:
             tmp.write_bytes(data)
@@ -394,7 +253,7 @@ class Location:
             return
         import obstore
 
-        _call(self, obstore.put, _store(self.bucket), self.key, Path(source))
+        _call(self, obstore.put, obstore_store(self.bucket), self.key, Path(source))
 
     @contextmanager
     def staged(self) -> Iterator[Path]:
@@ -422,7 +281,7 @@ class Location:
             return
         import obstore
 
-        _call(self, obstore.delete, _store(self.bucket), self.key)
+        _call(self, obstore.delete, obstore_store(self.bucket), self.key)
 
     def delete_tree(self) -> None:
         """Delete this folder and everything in it (a link only as a link)."""
@@ -436,13 +295,13 @@ class Location:
 
         keys = [f"{self.key}/{k}" for k in self.list()]
         for start in range(0, len(keys), 1000):
-            _call(self, obstore.delete, _store(self.bucket), keys[start : start + 1000])
+            _call(self, obstore.delete, obstore_store(self.bucket), keys[start : start + 1000])
 
     def copy_to(self, other: Location) -> None:
         """Server-side copy of one S3 object to another key of the same bucket."""
         import obstore
 
-        _call(self, obstore.copy, _store(self.bucket), self.key, other.key)
+        _call(self, obstore.copy, obstore_store(self.bucket), self.key, other.key)
 
     def zarr_store(self, *, read_only: bool = False) -> Any:
         """A zarr-python store rooted here (``LocalStore`` or ``ObjectStore``)."""
@@ -450,67 +309,7 @@ class Location:
             from zarr.storage import LocalStore
 
             return LocalStore(str(self.path), read_only=read_only)
-        return _zarr_object_store(_store(self.bucket, self.key), read_only=read_only)
-
-
-def arrow_filesystem() -> Any:
-    """A ``pyarrow.fs.S3FileSystem`` configured from the same AWS variables (for
-    libraries that write through pyarrow, such as Ray Train's ``storage_path``).
-
-    No credentials are put into it: pyarrow's AWS SDK finds them where obstore
-    does (the variables, a profile, an instance role) in each process it is
-    used in, so pickling the filesystem (Ray does) never carries a secret.
-    """
-    from pyarrow import fs
-
-    options: dict[str, Any] = {
-        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRIES + 1),
-        "connect_timeout": S3_CONNECT_TIMEOUT,
-        "request_timeout": request_timeout(),
-    }
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
-    endpoint = _endpoint()
-    if endpoint:
-        if endpoint.startswith("http://") and not _is_loopback(endpoint):
-            raise ValueError(
-                f"AWS_ENDPOINT_URL {endpoint} is plain http: allowed for loopback "
-                "endpoints only; use https"
-            )
-        parts = urlsplit(endpoint)
-        options |= {"endpoint_override": parts.netloc, "scheme": parts.scheme}
-        options["force_virtual_addressing"] = False
-    return fs.S3FileSystem(**options)
-
-
-def _zarr_object_store(store: Any, *, read_only: bool) -> Any:
-    """zarr-python's ``ObjectStore`` over an obstore store, with one addition.
-
-    zarr creates group and array metadata with conditional PUTs
-    (``If-None-Match: *``, "create unless it exists"). obstore does not retry
-    such a request once it was sent (it cannot know whether it took effect), so
-    a connection dropped under it failed the scene. Retrying it is safe: if the
-    first attempt did create the object, the retry finds it there, which is
-    what zarr asks for. Plain PUTs, GETs, listings and deletes keep obstore's
-    own retries.
-    """
-    import asyncio
-
-    from obstore import exceptions as ox
-    from zarr.storage import ObjectStore
-
-    class RetriedObjectStore(ObjectStore):  # type: ignore[type-arg]
-        async def set_if_not_exists(self, key: str, value: Any) -> None:
-            for attempt in range(S3_RETRIES + 1):
-                try:
-                    return await super().set_if_not_exists(key, value)
-                except ox.GenericError:  # dropped, reset, timed out: not a refusal
-                    if attempt == S3_RETRIES:
-                        raise
-                    await asyncio.sleep(0.1 * 2**attempt)
-
-    return RetriedObjectStore(store, read_only=read_only)
+        return zarr_object_store(obstore_store(self.bucket, self.key), read_only=read_only)
 
 
 def _call(where: Location, fn: Any, *args: Any) -> Any:
