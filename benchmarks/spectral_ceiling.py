@@ -51,7 +51,10 @@ def read_half(
     """Bands (13, h, w), raw or normalised by ``mean``/``std``, and labels (h, w)."""
     raw = mean is None
     with TileReader(
-        IMAGE, range(1, 14), np.zeros(13) if raw else mean, np.ones(13) if raw else std
+        IMAGE,
+        range(1, 14),
+        mean=np.zeros(13) if raw else mean,
+        std=np.ones(13) if raw else std,
     ) as r:
         image, _ = r.read(window)
     with rasterio.open(LABEL) as src:

@@ -76,7 +76,7 @@ def save_checkpoint(
     path
         Output file; by convention it ends in ``.safetensors``.
     model
-        An FCN32s, FCN16s or FCN8s.
+        An FCN of any variant (:data:`~fcnrs.fcn_model.VARIANTS`: FCN-32s to FCN-2s).
     classes
         One name per output class, in class-id order.
     bands

@@ -5,7 +5,8 @@ writes) plus a *halo* of context on every side, clipped to the scene. Cores
 partition the scene exactly. Every core and every read window starts on a
 multiple of the network's stride from the scene origin, so a tile sees its pixels
 at the same phase of the stride-32 pooling grid as a whole-scene pass would (off
-the stride, a DESIGN.md measurement found only 31-46% agreement).
+the stride, tiles agreed with a whole-scene pass on only 31-46% of pixels when
+this was measured; a test shows the difference).
 
 The halo is the context a core's labels depend on. FCN-8s's receptive field is
 about 400 px across, but how far a network actually looks depends on its
@@ -231,8 +232,9 @@ def geometry_key(tile: Tile) -> tuple[int, ...]:
 def plan_batches(tiles: Iterable[Tile], batch_size: int) -> list[tuple[Tile, ...]]:
     """Cut tiles into fixed batches of equal geometry.
 
-    Interior tiles come first, then each kind of edge and corner, row-major within
-    a kind. The batches are a pure function of the grid and the batch size, so a
+    Batches follow the tiles' window shapes, smallest first (edge and corner
+    tiles, whose windows the scene's edges clip, usually before interior ones),
+    row-major within a shape. The batches are a pure function of the grid and the batch size, so a
     resumed or distributed run feeds the model exactly the same batches as an
     uninterrupted one, and holding one batch bounds the memory.
     """

@@ -196,6 +196,7 @@ class TileReader:
         self,
         path: str | PathLike[str],
         bands: Sequence[int],
+        *,
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:

@@ -28,7 +28,7 @@ def whole_scene_labels(
             f"{scene}: {info.height}x{info.width} is too large for a whole-scene pass "
             f"(max_pixels={max_pixels}); use pipeline.segment.segment_scene."
         )
-    with TileReader(scene, meta.bands, meta.mean, meta.std) as reader:
+    with TileReader(scene, meta.bands, mean=meta.mean, std=meta.std) as reader:
         image, valid = reader.read(Window(0, 0, info.height, info.width))
     with torch.inference_mode():
         labels = net(torch.from_numpy(image)[None]).argmax(1)[0].numpy().astype(np.uint8)

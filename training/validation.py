@@ -57,7 +57,7 @@ def scene_confusion(
     cm = np.zeros((n, n), dtype=np.int64)
     with (
         open_raster(scene.label) as label,
-        TileReader(scene.image, settings.bands, settings.mean, settings.std) as reader,
+        TileReader(scene.image, settings.bands, mean=settings.mean, std=settings.std) as reader,
     ):
         # The label raster shares the image's grid (checked by read_scene_table).
         grid = plan_tiles(

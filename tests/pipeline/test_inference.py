@@ -89,7 +89,7 @@ def _reference_labels(predictor: Predictor, scene, bands, tiles) -> np.ndarray:
     replica: float32 windows normalised by the reading rule (TileReader), the
     model in its dtype and layout, argmax, nodata where invalid."""
     meta = predictor.meta
-    with TileReader(scene, bands, meta.mean, meta.std) as reader:
+    with TileReader(scene, bands, mean=meta.mean, std=meta.std) as reader:
         windows = [reader.read(t.read) for t in tiles]
     r, c, h, w = core_box(tiles[0])
     x = torch.from_numpy(np.stack([image for image, _ in windows]))

@@ -66,7 +66,7 @@ def test_off_stride_tiling_would_fail_the_same_check(make_scene, make_checkpoint
     whole = whole_scene_labels(scene, ckpt)
     from fcnrs.pipeline.planning import Window
 
-    with TileReader(scene, meta.bands, meta.mean, meta.std) as reader:
+    with TileReader(scene, meta.bands, mean=meta.mean, std=meta.std) as reader:
         image, _ = reader.read(Window(16, 16, 384, 384))
     with torch.inference_mode():
         shifted = model(torch.from_numpy(image)[None]).argmax(1)[0].numpy()

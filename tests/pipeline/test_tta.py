@@ -100,7 +100,7 @@ def test_tta_labels_equal_a_hand_computed_average_of_flipped_passes(
     labels, probs = group["labels"][:], group["probabilities"][:]
 
     model, meta = load_checkpoint(ckpt)
-    with TileReader(scene, meta.bands, meta.mean, meta.std) as reader:
+    with TileReader(scene, meta.bands, mean=meta.mean, std=meta.std) as reader:
         image, valid = reader.read(Window(0, 0, 150, 219))
     mean = hand_flip_average(model, image, aligned=True)
     expected = np.where(valid, mean.argmax(0), 255)

@@ -94,7 +94,7 @@ def test_per_band_nodata_inference_training_and_statistics_agree(tmp_path):
     assert mean[0] > 1.2 * data[0][band_valid_truth.all(axis=0)].mean()
 
     whole = Window(0, 0, 48, 48)
-    with TileReader(scene.image, [1, 2], mean, std) as reader:
+    with TileReader(scene.image, [1, 2], mean=mean, std=std) as reader:
         image, valid = reader.read(whole)
     raw, band_valid, target = read_scene_window(
         scene, whole, bands=[1, 2], num_classes=2, ignore_value=None
