@@ -59,6 +59,9 @@ def check_run_id(run_id: str) -> str:
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One scene's record of one run (one row of ``OUT/manifest/``; the README's
+    *Manifest* lists the columns)."""
+
     run_id: str
     scene: str
     output: str

@@ -12,6 +12,7 @@ _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def default_device() -> str:
+    """``cuda`` where torch sees a GPU, else ``cpu``."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -119,6 +119,7 @@ class SegmentSettings:
         return keyed
 
     def digest(self) -> str:
+        """16 hex digits that change with any output setting (not the batch size)."""
         text = json.dumps(self.output_settings(), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SceneResult:
+    """What :func:`segment_scene` did with one scene."""
+
     scene: str
     output: str
     tiles: int

@@ -54,6 +54,7 @@ __all__ = [
 
 
 def is_url(path: str | PathLike[str] | Location) -> bool:
+    """Whether ``path`` names an object by URL (``s3://...``) rather than a local file."""
     return "://" in str(path)
 
 

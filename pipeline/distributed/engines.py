@@ -32,17 +32,31 @@ class Engine(Protocol):
     #: Why the engine cannot run anything (its replicas cannot start), or None.
     broken: str | None
 
-    def room(self) -> int: ...
+    def room(self) -> int:
+        """How many more items it takes now (0: wait for some to land)."""
+        ...
 
-    def submit(self, item: WorkItem, request: BatchRequest) -> None: ...
+    def submit(self, item: WorkItem, request: BatchRequest) -> None:
+        """Start an item: read, predict and write one batch, as ``request`` says."""
+        ...
 
-    def poll(self, timeout: float) -> list[tuple[WorkItem, WriteSummary | Failure]]: ...
+    def poll(self, timeout: float) -> list[tuple[WorkItem, WriteSummary | Failure]]:
+        """What landed within ``timeout`` seconds: each item with its write
+        summary, or the failure of that attempt."""
+        ...
 
-    def batch_size(self, window: tuple[int, int]) -> int | None: ...
+    def batch_size(self, window: tuple[int, int]) -> int | None:
+        """Tiles per batch the replicas' device holds for windows of this shape
+        (None: no replica is up yet to say)."""
+        ...
 
-    def forget(self, scene_id: int) -> None: ...
+    def forget(self, scene_id: int) -> None:
+        """A scene closed: drop what the engine keeps for it (open readers, suspects)."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop every process and thread the engine started."""
+        ...
 
 
 def start_ray() -> None:
@@ -55,6 +69,7 @@ def start_ray() -> None:
 
 
 def cluster_resources() -> dict[str, float]:
+    """Ray's resources over the whole cluster (``CPU``, ``GPU``, ...)."""
     import ray
 
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
@@ -62,6 +77,7 @@ def cluster_resources() -> dict[str, float]:
 
 
 def node_resources() -> list[dict[str, float]]:
+    """Each live node's resources, for planning replicas per node."""
     import ray
 
     nodes = ray.nodes()  # type: ignore[no-untyped-call]

@@ -46,12 +46,15 @@ def request_stop(signal_name: str = "SIGTERM") -> None:
 
 
 def check_stop() -> None:
+    """Raise :class:`Interrupted` once SIGTERM or SIGINT asked the run to stop."""
     if STOPS:
         raise Interrupted(STOPS[-1])
 
 
 @dataclass(frozen=True)
 class RunReport:
+    """What a run did: its manifest rows, its replicas' work, and whether a signal stopped it."""
+
     run_id: str
     rows: tuple[ManifestRow, ...]
     #: What each model replica did (also kept in the run's record).
@@ -60,10 +63,12 @@ class RunReport:
 
     @property
     def replica_batches(self) -> dict[str, int]:
+        """Batches each replica predicted."""
         return {name: work.batches for name, work in self.replicas.items()}
 
     @property
     def failed(self) -> list[ManifestRow]:
+        """The rows of the scenes that failed."""
         return [r for r in self.rows if r.status == "failed"]
 
     def exit_code(self) -> int:
