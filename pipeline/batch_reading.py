@@ -23,13 +23,12 @@ from os import PathLike
 from typing import Literal
 
 import numpy as np
-import rasterio
 from rasterio.errors import RasterioError
 
 from .batches import PixelBatch
 from .errors import SceneError
 from .planning import Tile, Window
-from .reading import core_box, open_raster
+from .reading import ThreadHandles, core_box
 
 #: How a scene's file declares which values are valid (see :class:`PixelBatch`).
 ValidityRule = Literal["nodata", "dataset", "bands"]
@@ -145,10 +144,8 @@ class SceneReader:
     def __init__(self, path: str | PathLike[str], bands: Sequence[int]) -> None:
         self.path = str(path)
         self.bands = [int(b) for b in bands]
-        self._local = threading.local()
-        self._handles: list[rasterio.io.DatasetReader] = []
-        self._lock = threading.Lock()
-        src = self._handle()
+        self._handles = ThreadHandles(self.path)
+        src = self._handles.get()
         i = [b - 1 for b in self.bands]
         self.dtype = np.dtype(src.dtypes[i[0]])
         if any(np.dtype(src.dtypes[k]) != self.dtype for k in i):
@@ -167,15 +164,6 @@ class SceneReader:
         ph = min(bh * -(-_MIN_PIECE_EDGE // bh), h)
         pw = min(bw * -(-_MIN_PIECE_EDGE // bw), w)
         return (ph, pw) if ph * pw <= _MAX_PIECE_PIXELS else None
-
-    def _handle(self) -> rasterio.io.DatasetReader:
-        src = getattr(self._local, "src", None)
-        if src is None:
-            src = open_raster(self.path)
-            self._local.src = src
-            with self._lock:
-                self._handles.append(src)
-        return src
 
     def read_batch(self, tiles: Sequence[Tile]) -> PixelBatch:
         """Read the windows of a planned batch (tiles of equal geometry) into one
@@ -223,7 +211,7 @@ class SceneReader:
         return image, valid
 
     def _decode(self, window: Window, image: np.ndarray, valid: np.ndarray | None) -> None:
-        src, where = self._handle(), window.to_rasterio()
+        src, where = self._handles.get(), window.to_rasterio()
         try:
             # GDAL fills the (bands, h, w) view of the pixel-interleaved arrays.
             src.read(self.bands, window=where, out=image.transpose(2, 0, 1))
@@ -239,11 +227,7 @@ class SceneReader:
 
     def close(self) -> None:
         _PIECES.drop(id(self))
-        with self._lock:
-            for src in self._handles:
-                src.close()
-            self._handles.clear()
-        self._local = threading.local()
+        self._handles.close()
 
     def __enter__(self) -> SceneReader:
         return self

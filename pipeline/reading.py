@@ -179,6 +179,35 @@ def normalize(
     return out
 
 
+class ThreadHandles:
+    """One open dataset per thread for a scene (GDAL handles are not shared
+    between threads), all closed together."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._handles: list[rasterio.io.DatasetReader] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> rasterio.io.DatasetReader:
+        """This thread's handle, opened (:func:`open_raster`) on first use."""
+        src: rasterio.io.DatasetReader | None = getattr(self._local, "src", None)
+        if src is None:
+            src = open_raster(self.path)
+            self._local.src = src
+            with self._lock:
+                self._handles.append(src)
+        return src
+
+    def close(self) -> None:
+        """Close every thread's handle; a later :meth:`get` opens anew."""
+        with self._lock:
+            for src in self._handles:
+                src.close()
+            self._handles.clear()
+        self._local = threading.local()
+
+
 class TileReader:
     """Reads normalised windows of selected bands and their validity.
 
@@ -204,31 +233,17 @@ class TileReader:
         self.bands = list(bands)
         self._mean = np.asarray(mean, dtype=np.float32)
         self._std = np.asarray(std, dtype=np.float32)
-        self._local = threading.local()
-        self._handles: list[rasterio.io.DatasetReader] = []
-        self._lock = threading.Lock()
-
-    def _handle(self) -> rasterio.io.DatasetReader:
-        src = getattr(self._local, "src", None)
-        if src is None:
-            src = open_raster(self.path)
-            self._local.src = src
-            with self._lock:
-                self._handles.append(src)
-        return src
+        self._handles = ThreadHandles(self.path)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(image, valid)``: float32 ``(bands, h, w)`` normalised, with invalid
         band values at 0, and bool ``(h, w)`` (:func:`read_bands`' rule)."""
-        data, band_valid = read_bands(self._handle(), self.bands, window)
+        data, band_valid = read_bands(self._handles.get(), self.bands, window)
         return normalize(data, band_valid, self._mean, self._std), pixel_valid(band_valid)
 
     def close(self) -> None:
-        with self._lock:
-            for src in self._handles:
-                src.close()
-            self._handles.clear()
-        self._local = threading.local()
+        """Close every thread's handle."""
+        self._handles.close()
 
     def __enter__(self) -> TileReader:
         return self
