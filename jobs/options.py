@@ -1,9 +1,10 @@
 """Option parsing every job shares: bands, logging and verbosity, quiet Ray.
 
-Each job module (``segment_scenes``, ``finetune``, ``export_cog``,
-``query_areas``, ``demo``) defines ``add_arguments(parser)`` and
-``run(args) -> int``; :func:`job_main` runs one as a script and
-:mod:`fcnrs.jobs.cli` gathers them as subcommands of ``fcnrs``.
+Each job module (every one :mod:`fcnrs.jobs.cli` lists as a subcommand of
+``fcnrs``: ``segment_scenes``, ``finetune``, ``context``, ``export_cog``,
+``query_areas``, ``vectorize``, ``mosaic``, ``catalog``, ``report``, ``demo``)
+defines ``add_arguments(parser)`` and ``run(args) -> int``; :func:`job_main`
+runs one as a script.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
-from typing import IO
+from typing import IO, Protocol
 
 from fcnrs.fcn_model import CheckpointError, ModelMeta, read_meta
 from fcnrs.pipeline.distributed.driver import request_stop
@@ -221,7 +222,13 @@ def build_parser(job: ModuleType, prog: str | None = None) -> argparse.ArgumentP
     return p
 
 
-def job_main(job: ModuleType) -> Callable[[Sequence[str] | None], int]:
+class JobMain(Protocol):
+    """A job's ``main(argv=None) -> int``: the exit status."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
+
+
+def job_main(job: ModuleType) -> JobMain:
     """``main(argv)`` of a job module: parse, set up logging, run."""
 
     def main(argv: Sequence[str] | None = None) -> int:

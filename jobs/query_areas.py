@@ -28,8 +28,8 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from fcnrs.gis.areas import query_areas
-from fcnrs.gis.night import night_areas
-from fcnrs.gis.rasters import find_outputs
+from fcnrs.gis.night_areas import night_areas
+from fcnrs.gis.rasters import list_outputs
 from fcnrs.jobs.options import job_main
 from fcnrs.pipeline.storage import Location
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         except CRSError as exc:
             p.error(f"--bbox-crs {args.bbox_crs!r}: {exc}")
     try:
-        outputs = find_outputs(args.out_dir)  # a local folder or an s3:// prefix
+        outputs = list_outputs(args.out_dir)  # a local folder or an s3:// prefix
     except (OSError, ValueError) as exc:  # missing, no such bucket, access denied
         p.error(str(exc))
     if args.night and not outputs:
