@@ -57,6 +57,14 @@ def _authalic_q(lat_rad: np.ndarray, e2: float) -> np.ndarray:
     return (1 - e2) * (s / (1 - e2 * s * s) - np.log((1 - e * s) / (1 + e * s)) / (2 * e))
 
 
+def ellipsoid_axes(crs: CRS) -> tuple[float, float]:
+    """Semi-major and semi-minor axes (m) of a geographic CRS's ellipsoid."""
+    ell = crs.ellipsoid
+    if ell is None:
+        raise ValueError(f"{crs.name}: a geographic CRS without an ellipsoid.")
+    return ell.semi_major_metre, ell.semi_minor_metre
+
+
 def row_areas(crs: CRS, transform: Affine, rows: np.ndarray) -> np.ndarray:
     """Area in m^2 of one pixel on each of ``rows`` (all pixels of a row are equal)."""
     if transform.b or transform.d:
@@ -65,9 +73,8 @@ def row_areas(crs: CRS, transform: Affine, rows: np.ndarray) -> np.ndarray:
     unit = crs.axis_info[0].unit_conversion_factor
     if not crs.is_geographic:
         return np.full(rows.shape, abs(transform.a * transform.e) * unit * unit)
-    ell = crs.ellipsoid
-    a = ell.semi_major_metre
-    e2 = 1 - (ell.semi_minor_metre / a) ** 2
+    a, b = ellipsoid_axes(crs)
+    e2 = 1 - (b / a) ** 2
     lat1 = (transform.f + transform.e * rows) * unit
     lat2 = (transform.f + transform.e * (rows + 1)) * unit
     dlon = abs(transform.a) * unit
@@ -75,7 +82,7 @@ def row_areas(crs: CRS, transform: Affine, rows: np.ndarray) -> np.ndarray:
 
 
 def bbox_polygon(
-    bbox: Sequence[float], bbox_crs: CRS, crs: CRS
+    bbox: Sequence[float], *, bbox_crs: CRS, crs: CRS
 ) -> tuple[list[tuple[float, float]], tuple[float, float, float, float]]:
     """The box's outline, densified and reprojected into ``crs``, and its bounds.
 
@@ -102,6 +109,7 @@ def bbox_polygon(
 
 def chunk_stats(
     block: np.ndarray,
+    *,
     row0: int,
     col0: int,
     crs: CRS,
@@ -169,7 +177,7 @@ def _scene_tasks(
     window = Window(0, 0, height, width)
     ring = None
     if bbox is not None:
-        ring, bounds = bbox_polygon(bbox, bbox_crs or crs, crs)
+        ring, bounds = bbox_polygon(bbox, bbox_crs=bbox_crs or crs, crs=crs)
         # The pixels whose centres may fall in the box: its bounds in pixel space.
         minx, miny, maxx, maxy = bounds
         cols, rows = ~raster.transform * (
@@ -189,7 +197,12 @@ def _scene_tasks(
     blocks = part.to_delayed()
     return [
         dask.delayed(chunk_stats)(
-            blocks[i, j], int(rows[i]), int(cols[j]), crs, raster.transform, ring
+            blocks[i, j],
+            row0=int(rows[i]),
+            col0=int(cols[j]),
+            crs=crs,
+            transform=raster.transform,
+            ring=ring,
         )
         for i in range(blocks.shape[0])
         for j in range(blocks.shape[1])

@@ -167,7 +167,7 @@ def build_item(
 ) -> pystac.Item:
     """The Item of one label raster (hrefs as given: made relative on saving)."""
     crs = as_crs(output.crs_wkt) if output.crs_wkt else None
-    ring = footprint(output.transform, output.width, output.height, crs, "EPSG:4326")
+    ring = footprint(output.transform, output.width, output.height, crs, to_crs="EPSG:4326")
     ring = [(round(x, _DIGITS), round(y, _DIGITS)) for x, y in ring]
     xs, ys = [x for x, _ in ring], [y for _, y in ring]
     when, start, end = _times(output, history.made)

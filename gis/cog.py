@@ -1,4 +1,4 @@
-"""Cloud Optimized GeoTIFFs and PNG quicklooks of the Zarr label rasters.
+"""Cloud Optimized GeoTIFFs of the Zarr label rasters, with their PNG quicklooks.
 
 ``export_cog`` copies a published label raster, window by window, into a tiled
 GeoTIFF staging file (labels, nodata 255, the class colours as a colour table),
@@ -11,7 +11,7 @@ the TIFF itself so they survive without the sidecar. Each file is published
 whole (:meth:`~fcnrs.pipeline.storage.Location.staged`: renamed into place on
 disk, one upload to ``s3://``), so a failed export never replaces a good one
 and a reader never sees a part of one. In S3 the ``.tif`` is written first,
-then its ``.aux.xml``, then the quicklook.
+then its ``.aux.xml``, then the quicklook (:mod:`fcnrs.gis.quicklook`).
 
 Each GeoTIFF carries the label raster's fingerprint (``SOURCE_FINGERPRINT``, a
 digest of its model, settings, source file and grid). A re-run keeps a GeoTIFF
@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Literal
 from xml.sax.saxutils import escape
 
 import rasterio
@@ -117,7 +118,33 @@ def scratch_folder(out: Location) -> Iterator[Path]:
         yield Path(folder)
 
 
-def _cog(staging_tiff: Path, dst: Location, resampling: str) -> None:
+def _publish(
+    raster: LabelRaster,
+    array: Literal["labels", "probabilities"],
+    tiff: Location,
+    *,
+    staging: Path,
+    force: bool,
+) -> bool:
+    """Export one array of ``raster`` to ``tiff`` through the ``staging`` file,
+    unless ``tiff`` is already an export of this very raster; returns whether
+    it was kept."""
+    if not force and exported_from(tiff, raster.fingerprint):
+        return True
+    tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
+    tags[SOURCE_TAG] = raster.fingerprint
+    if array == "labels":
+        _stage_tiff(raster.labels, staging, raster, nodata=NODATA, tags=tags)
+        # An overview pixel is the most frequent class below it, never an average.
+        _cog(staging, tiff, "MODE")
+    elif raster.probabilities is not None:
+        _stage_tiff(raster.probabilities, staging, raster, nodata=None, tags=tags)
+        # Probabilities are continuous: averaging is the right overview.
+        _cog(staging, tiff, "AVERAGE")
+    return False
+
+
+def _cog(staging_tiff: Path, dst: Location, resampling: Literal["MODE", "AVERAGE"]) -> None:
     """GDAL's COG driver: overviews by ``resampling``, IFDs first, tiles in order."""
     with dst.staged() as partial:
         gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
@@ -193,10 +220,9 @@ def export_cog(
 
     Parameters
     ----------
-    zarr_path
-        A published label raster, local or ``s3://``.
-    out_dir
-        The folder of the GeoTIFFs, local or ``s3://``.
+    zarr_path, out_dir
+        A published label raster, and the folder of the GeoTIFFs (each local
+        or ``s3://``).
     probabilities
         Also export ``<name>_probabilities.tif`` (overviews by average).
     quicklook
@@ -208,7 +234,6 @@ def export_cog(
     Returns
     -------
     Exported
-        What was written, and which GeoTIFFs were kept.
 
     Raises
     ------
@@ -221,27 +246,16 @@ def export_cog(
         raise OutputError(f"{raster.path}: has no probabilities to export.")
     out = Location(out_dir)
     dst = out / f"{raster.name}.tif"
-    tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
-    tags[SOURCE_TAG] = raster.fingerprint
     prob_dst = out / f"{raster.name}_probabilities.tif" if probabilities else None
     kept: list[Path | Location] = []
-
     with scratch_folder(out) as scratch:
         staging = scratch / f"{raster.name}.staging.tif"
-
-        def publish(array: zarr.Array, tiff: Location, nodata: int | None, resampling: str) -> None:
-            if not force and exported_from(tiff, raster.fingerprint):
-                kept.append(tiff.native)
-                return
-            _stage_tiff(array, staging, raster, nodata=nodata, tags=tags)
-            _cog(staging, tiff, resampling)
-
-        publish(raster.labels, dst, NODATA, "MODE")
+        if _publish(raster, "labels", dst, staging=staging, force=force):
+            kept.append(dst.native)
         # GDAL keeps category names and attribute tables of GeoTIFFs in this sidecar.
         aux = dst.with_name(f"{dst.name}.aux.xml")
         aux.write_bytes(pam_categories(raster.classes, raster.colors).encode("utf-8"))
-        if prob_dst and raster.probabilities is not None:
-            # Probabilities are continuous: averaging is the right overview.
-            publish(raster.probabilities, prob_dst, None, "AVERAGE")
-    png = write_quicklook(dst, out / f"{raster.name}.png", quicklook) if quicklook else None
+        if prob_dst and _publish(raster, "probabilities", prob_dst, staging=staging, force=force):
+            kept.append(prob_dst.native)
+    png = write_quicklook(dst, out / f"{raster.name}.png", size=quicklook) if quicklook else None
     return Exported(dst.native, prob_dst.native if prob_dst else None, png, tuple(kept))

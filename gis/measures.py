@@ -19,7 +19,7 @@ import numpy as np
 from pyproj import CRS, Geod
 from rasterio.transform import Affine
 
-from .areas import row_areas
+from .areas import ellipsoid_axes, row_areas
 
 #: Rows of a strip measured at a time (bounds the per-pixel temporaries).
 _MEASURE_ROWS = 64
@@ -52,11 +52,11 @@ class PixelMeasure:
         lines = np.asarray(lines, dtype=np.float64)
         if not self.crs.is_geographic:
             return np.full(lines.shape, abs(t.a) * unit)
-        ell = self.crs.ellipsoid
-        e2 = 1 - (ell.semi_minor_metre / ell.semi_major_metre) ** 2
+        major, minor = ellipsoid_axes(self.crs)
+        e2 = 1 - (minor / major) ** 2
         lat = (t.f + t.e * lines) * unit
         # Radius of the parallel: N(lat) cos(lat), N the prime-vertical radius.
-        radius = ell.semi_major_metre * np.cos(lat) / np.sqrt(1 - e2 * np.sin(lat) ** 2)
+        radius = major * np.cos(lat) / np.sqrt(1 - e2 * np.sin(lat) ** 2)
         return radius * abs(t.a) * unit
 
     def vertical(self, rows: np.ndarray) -> np.ndarray:
@@ -65,8 +65,8 @@ class PixelMeasure:
         rows = np.asarray(rows, dtype=np.float64)
         if not self.crs.is_geographic:
             return np.full(rows.shape, abs(t.e) * unit)
-        ell = self.crs.ellipsoid
-        geod = Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
+        major, minor = ellipsoid_axes(self.crs)
+        geod = Geod(a=major, b=minor)
         to_deg = unit * 180 / math.pi
         lat1 = (t.f + t.e * rows) * to_deg
         lat2 = (t.f + t.e * (rows + 1)) * to_deg
@@ -78,6 +78,7 @@ class PixelMeasure:
 def strip_measures(
     block: np.ndarray,
     ids: np.ndarray,
+    *,
     n: int,
     row0: int,
     above: np.ndarray | None,

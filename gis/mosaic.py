@@ -95,6 +95,20 @@ def _same_classes(
     return first.classes, first.colors
 
 
+def _export_cogs(
+    outputs: Sequence[PublishedOutput], cog_dir: Location
+) -> tuple[list[str], list[SceneCog]]:
+    """Export the COGs that are missing or out of date; returns the scenes
+    exported, and every scene's COG."""
+    exported, scenes = [], []
+    for output in outputs:
+        done = export_cog(output.location, cog_dir)
+        if not done.kept:
+            exported.append(output.name)
+        scenes.append(read_scene_cog(output.name, done.labels))
+    return exported, scenes
+
+
 def build_mosaic(
     out_dir: str | PathLike[str] | Location,
     *,
@@ -115,11 +129,6 @@ def build_mosaic(
         The mosaic's CRS (anything pyproj reads, e.g. ``EPSG:32633``); default:
         the CRS most scenes share.
 
-    Returns
-    -------
-    Mosaic
-        What was written.
-
     Raises
     ------
     OutputError
@@ -131,13 +140,7 @@ def build_mosaic(
     outputs = [describe_output(o) for o in in_precedence(list_outputs(out))]
     if not outputs:
         raise OutputError(f"{out}: no published label rasters (*.zarr) to mosaic.")
-    cog_dir = Location(cogs) if cogs else out / COG_DIR
-    exported, scenes = [], []
-    for output in outputs:
-        done = export_cog(output.location, cog_dir)
-        if not done.kept:
-            exported.append(output.name)
-        scenes.append(read_scene_cog(output.name, done.labels))
+    exported, scenes = _export_cogs(outputs, Location(cogs) if cogs else out / COG_DIR)
     classes, colors = _same_classes(outputs)
     target = CRS.from_wkt(ProjCRS.from_user_input(crs).to_wkt()) if crs else choose_crs(scenes)
     grid = plan_grid(scenes, target)
@@ -149,8 +152,10 @@ def build_mosaic(
     warped = tuple(warped_path(folder, s.name) for s in scenes if s.crs != grid.crs)
     _clear_stale(folder / WARPED_DIR, keep={w.name for w in warped})
     vrt_path = folder / MOSAIC_VRT
-    vrt_path.write_bytes(vrt_xml(grid, sources, classes, colors).encode("utf-8"))
-    index = _write_index(folder / MOSAIC_GTI, scenes, grid, gti_xml(grid, classes, colors))
+    vrt_path.write_bytes(vrt_xml(grid, sources, classes=classes, colors=colors).encode("utf-8"))
+    index = _write_index(
+        folder / MOSAIC_GTI, scenes, grid, gti_xml(grid, classes=classes, colors=colors)
+    )
     log.info("mosaic of %d scenes in %s: %s", len(scenes), grid.crs, vrt_path)
     return Mosaic(
         vrt_path.native,
@@ -168,7 +173,7 @@ def _write_index(
     """The GTI tile index: footprints in the mosaic CRS, COG paths as
     :func:`reference` names them (relative to the index on disk), and the GTI
     document in its layer metadata."""
-    rings = [footprint(s.transform, s.width, s.height, s.crs, grid.crs) for s in scenes]
+    rings = [footprint(s.transform, s.width, s.height, s.crs, to_crs=grid.crs) for s in scenes]
     rows = [
         {
             "location": reference(s.cog, path.parent)[0],

@@ -93,7 +93,7 @@ def bounds_in(scene: SceneCog, crs: CRS) -> tuple[float, float, float, float]:
     """A scene's bounding box in ``crs`` (its densified outline reprojected)."""
     if scene.crs == crs:
         return scene.bounds
-    ring = np.array(footprint(scene.transform, scene.width, scene.height, scene.crs, crs))
+    ring = np.array(footprint(scene.transform, scene.width, scene.height, scene.crs, to_crs=crs))
     return ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()
 
 

@@ -124,6 +124,7 @@ def _geotransform(transform: Affine) -> str:
 def vrt_xml(
     grid: MosaicGrid,
     sources: Sequence[Source],
+    *,
     classes: tuple[str, ...],
     colors: tuple[tuple[int, int, int], ...],
 ) -> str:
@@ -155,7 +156,7 @@ def vrt_xml(
 
 
 def gti_xml(
-    grid: MosaicGrid, classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]
+    grid: MosaicGrid, *, classes: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]
 ) -> str:
     """The GTI document kept in the index's ``xml:GTI`` layer metadata: the VRT's
     grid, nearest-neighbour reprojection, the later name on top."""

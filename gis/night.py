@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import zarr
@@ -43,6 +43,8 @@ from fcnrs.pipeline.storage import Location
 from .rasters import LabelRaster, PublishedOutput, describe_output, footprint, open_label_raster
 
 T = TypeVar("T")
+#: A label raster's path, local or ``s3://``.
+P = TypeVar("P", bound="str | PathLike[str] | Location")
 
 
 def scene_name(where: str | PathLike[str] | Location) -> str:
@@ -50,9 +52,18 @@ def scene_name(where: str | PathLike[str] | Location) -> str:
     return Location(where).name.removesuffix(".zarr")
 
 
-def in_precedence(items: Iterable[T], *, name: Callable[[T], str] = scene_name) -> list[T]:
-    """``items`` in the night's drawing order: by scene name, so that the last
-    one is on top where scenes overlap."""
+@overload
+def in_precedence(items: Iterable[P]) -> list[P]: ...
+
+
+@overload
+def in_precedence(items: Iterable[T], *, name: Callable[[T], str]) -> list[T]: ...
+
+
+def in_precedence(items: Iterable[Any], *, name: Callable[[Any], str] = scene_name) -> list[Any]:
+    """``items`` in the night's drawing order: by scene name (``name`` tells
+    it; by default items are label rasters' paths), so that the last one is on
+    top where scenes overlap."""
     return sorted(items, key=name)
 
 
@@ -101,7 +112,7 @@ class NightScene:
     def box(self, crs: CRS | None = None) -> tuple[float, float, float, float]:
         """The raster's bounding box in ``crs`` (its own by default)."""
         ring = np.array(
-            footprint(self.transform, self.output.width, self.output.height, self.crs, crs)
+            footprint(self.transform, self.output.width, self.output.height, self.crs, to_crs=crs)
         )
         return ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()
 

@@ -54,11 +54,21 @@ def _area_task(
         if not boxes_meet((min(xs), min(ys), max(xs), max(ys)), ring_box):
             return k, zero, zero
     block = np.asarray(scene.labels[window.slices()])
-    args = (window.row, window.col, scene.crs, scene.transform, ring)
-    every = chunk_stats(block, *args)
+
+    def stats(labels: np.ndarray) -> np.ndarray:
+        return chunk_stats(
+            labels,
+            row0=window.row,
+            col0=window.col,
+            crs=scene.crs,
+            transform=scene.transform,
+            ring=ring,
+        )
+
+    every = stats(block)
     if not night.overlapped(k):
         return k, every, every
-    return k, every, chunk_stats(night.owned(k, window, block), *args)
+    return k, every, stats(night.owned(k, window, block))
 
 
 def night_areas(
@@ -84,10 +94,6 @@ def night_areas(
     bbox, bbox_crs, classes, num_workers
         As :func:`~fcnrs.gis.areas.query_areas` takes them.
 
-    Returns
-    -------
-    NightAreas
-
     Raises
     ------
     OutputError
@@ -100,7 +106,7 @@ def night_areas(
     for k, scene in enumerate(night.scenes):
         ring = ring_box = None
         if bbox is not None:
-            ring, ring_box = bbox_polygon(bbox, want_crs or scene.crs, scene.crs)
+            ring, ring_box = bbox_polygon(bbox, bbox_crs=want_crs or scene.crs, crs=scene.crs)
         for window in chunk_windows(scene.shape, scene.labels.chunks):
             tasks.append(dask.delayed(_area_task)(night, k, window, ring, ring_box))
     results = dask.compute(*tasks, scheduler="threads", num_workers=num_workers)

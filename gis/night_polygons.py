@@ -91,6 +91,12 @@ def _one_folder(outputs: Sequence[str | PathLike[str] | Location]) -> Location:
     return folders.pop()
 
 
+def _fingerprint(night: Night, crs: CRS) -> str:
+    """What the night's polygons are made from: every scene and the night's CRS."""
+    sources = [[s.name, s.raster.fingerprint] for s in night.scenes] + [crs.to_wkt()]
+    return hashlib.sha256(json.dumps(sources).encode()).hexdigest()
+
+
 def write_night_polygons(
     outputs: Sequence[str | PathLike[str] | Location],
     *,
@@ -112,17 +118,10 @@ def write_night_polygons(
     ----------
     outputs
         The night's published label rasters, all in one output folder.
-    fmt
-        GeoParquet, FlatGeobuf or GeoPackage.
-    settings
-        Simplification and minimum area.
+    fmt, settings
+        As :func:`~fcnrs.gis.vectors.vectorize` takes them.
     force
-        Rewrite a file made from the very same rasters with the same settings
-        (kept otherwise).
-
-    Returns
-    -------
-    Vectorized
+        Rewrite a file made from the very same rasters with the same settings.
 
     Raises
     ------
@@ -138,10 +137,7 @@ def write_night_polygons(
     night = Night(outputs)
     crs = night.crs()
     dst = Location(night_polygons_path(folder, fmt))
-    fingerprint = hashlib.sha256(
-        json.dumps([[s.name, s.raster.fingerprint] for s in night.scenes] + [crs.to_wkt()]).encode()
-    ).hexdigest()
-    stamp = {SOURCE_KEY: fingerprint, SETTINGS_KEY: settings.to_json()}
+    stamp = {SOURCE_KEY: _fingerprint(night, crs), SETTINGS_KEY: settings.to_json()}
     if not force and is_current(dst, stamp):
         return Vectorized(dst.native, None, kept=True)
     check_replaceable(dst)

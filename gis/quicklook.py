@@ -23,7 +23,7 @@ from fcnrs.pipeline.storage import Location
 from .rasters import reopen
 
 
-def quicklook_shape(height: int, width: int, size: int) -> tuple[int, int]:
+def quicklook_shape(height: int, width: int, *, size: int) -> tuple[int, int]:
     """(height, width) of a raster shrunk so that its longer side is at most
     ``size`` pixels (never enlarged, never below one pixel)."""
     scale = min(1.0, size / max(height, width))
@@ -35,7 +35,7 @@ def read_quicklook(
 ) -> tuple[np.ndarray, dict[int, tuple[int, ...]]]:
     """Band 1 of an open label raster, longer side ``size`` pixels, by mode,
     and its colour table."""
-    shape = quicklook_shape(src.height, src.width, size)
+    shape = quicklook_shape(src.height, src.width, size=size)
     return src.read(1, out_shape=shape, resampling=Resampling.mode), src.colormap(1)
 
 
@@ -56,7 +56,7 @@ def write_png(
 
 
 def write_quicklook(
-    raster: str | PathLike[str] | Location, dst: str | PathLike[str] | Location, size: int
+    raster: str | PathLike[str] | Location, dst: str | PathLike[str] | Location, *, size: int
 ) -> Path | Location:
     """A paletted PNG of a label COG or mosaic VRT the project wrote.
 

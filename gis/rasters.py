@@ -301,8 +301,8 @@ def footprint(
     width: int,
     height: int,
     crs: object,
-    to_crs: object | None = None,
     *,
+    to_crs: object | None = None,
     points: int = 16,
 ) -> list[tuple[float, float]]:
     """A raster's outline as a closed ring, ``points`` per edge.

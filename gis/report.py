@@ -136,7 +136,7 @@ def _href(rel: str) -> str:
     return quote(rel, safe="/")
 
 
-def scene_links(out: Location, name: str, published: bool) -> dict[str, str]:
+def scene_links(out: Location, name: str, *, published: bool) -> dict[str, str]:
     """Links (relative to the page) to what exists of one scene."""
     links: dict[str, str] = {}
     found = {
@@ -259,7 +259,7 @@ def _scene_lines(
                 seconds=float(r["seconds"]),
                 megapixels=megapixels,
                 rate=rate,
-                links=scene_links(out, name, made is not None),
+                links=scene_links(out, name, published=made is not None),
             )
         )
     return lines
@@ -294,11 +294,6 @@ def gather_report(
         Threads for the areas (default: one per CPU).
     map_note
         What to say under the map.
-
-    Returns
-    -------
-    NightReport
-        The folder's latest run, its history, outputs, areas and map.
 
     Raises
     ------

@@ -78,7 +78,7 @@ def _mosaic_picture(out: Location, size: int) -> tuple[bytes | None, _Frame | No
     frame = None
     try:
         with reopen(vrt) as src:  # in S3: tonight's run may have republished it
-            height, width = quicklook_shape(src.height, src.width, size)
+            height, width = quicklook_shape(src.height, src.width, size=size)
             transform = src.transform @ Affine.scale(src.width / width, src.height / height)
             frame = _Frame(CRS.from_wkt(src.crs.to_wkt()), transform, width, height)
             small, cmap = read_quicklook(src, size)
@@ -98,7 +98,7 @@ def _published_rings(
         if crs is None or not o.crs_wkt:
             missing.append((o.name, "its output has no CRS"))
             continue
-        ring = footprint(o.transform, o.width, o.height, CRS.from_wkt(o.crs_wkt), crs)
+        ring = footprint(o.transform, o.width, o.height, CRS.from_wkt(o.crs_wkt), to_crs=crs)
         status = _SHOWN_AS.get(tonight.get(o.name), "earlier")
         rings.append(_Ring(o.name, status, np.array(ring), f"{o.name}: {status}"))
     return rings, missing
@@ -120,7 +120,7 @@ def _unpublished_rings(
             with open_raster(s.scene) as src:
                 if src.crs is None:
                     raise ValueError("the scene has no CRS")
-                ring = footprint(src.transform, src.width, src.height, src.crs, crs)
+                ring = footprint(src.transform, src.width, src.height, src.crs, to_crs=crs)
         except (PipelineError, ValueError, OSError, rasterio.errors.RasterioError):
             missing.append((s.name, f"{s.status}, and its source cannot be placed: {s.error}"))
             continue

@@ -200,7 +200,9 @@ def _read_strip(
     if measure is None:
         area = perimeter = np.full(n + 1, np.nan)
     else:
-        area, perimeter = strip_measures(block, ids, n, row0, above, last, measure)
+        area, perimeter = strip_measures(
+            block, ids, n=n, row0=row0, above=above, last=last, measure=measure
+        )
     reaches_lower = np.zeros(n + 1, bool)
     if not last:
         reaches_lower[ids[-1]] = True
@@ -214,10 +216,10 @@ def _next_strip(
 ) -> tuple[_Carry, PixelPolygons]:
     strip = _read_strip(block, row0, last, carry.row_class, measure)
     sets: list[list[int]] = []
-    if carry.row_class is not None:
+    if carry.row_class is not None and carry.row_group is not None:
         line = np.nan if measure is None else float(measure.horizontal(np.array([row0]))[0])
-        _close_lower_edges(carry, block[0], line)
-        sets = _links(carry, strip)
+        _close_lower_edges(carry, carry.row_class, carry.row_group, block[0], line)
+        sets = _links(carry.row_class, carry.row_group, strip)
     next_carry = _Carry(next_key=carry.next_key)
     linked = np.zeros(len(strip.classes), bool)
     finished: list[_Open] = []
@@ -238,13 +240,14 @@ def _next_strip(
     return next_carry, _finished(strip, alone[alone > 0], finished)
 
 
-def _links(carry: _Carry, strip: _Strip) -> list[list[int]]:
+def _links(row_class: np.ndarray, row_group: np.ndarray, strip: _Strip) -> list[list[int]]:
     """Sets of carried polygons and new components that are one polygon: a pixel
-    of the strip's first row joins the pixel above when both have its class.
+    of the strip's first row joins the pixel above (of ``row_class``, in the
+    carried polygon ``row_group``) when both have its class.
     Members: component ``c`` as ``c``, carried polygon ``g`` as ``-(g + 1)``."""
     first, n1 = strip.ids[0], len(strip.classes)
-    same = (carry.row_class != NODATA) & (carry.row_class == strip.block[0])
-    pairs = np.unique(carry.row_group[same].astype(np.int64) * n1 + first[same])
+    same = (row_class != NODATA) & (row_class == strip.block[0])
+    pairs = np.unique(row_group[same].astype(np.int64) * n1 + first[same])
     uf = _UnionFind()
     for key, c in zip((pairs // n1).tolist(), (pairs % n1).tolist(), strict=True):
         uf.union(-(key + 1), c)
@@ -298,9 +301,12 @@ def _keep_open(carry: _Carry, group: _Open) -> None:
     carry.next_key += 1
 
 
-def _close_lower_edges(carry: _Carry, below: np.ndarray, length: float) -> None:
-    """The previous strip's lower edges, now that the row below them is known."""
-    edge = (carry.row_class != NODATA) & (carry.row_class != below)
-    keys, counts = np.unique(carry.row_group[edge], return_counts=True)
+def _close_lower_edges(
+    carry: _Carry, row_class: np.ndarray, row_group: np.ndarray, below: np.ndarray, length: float
+) -> None:
+    """The previous strip's lower edges (its last row: ``row_class``, in the
+    carried polygons ``row_group``), now that the row below them is known."""
+    edge = (row_class != NODATA) & (row_class != below)
+    keys, counts = np.unique(row_group[edge], return_counts=True)
     for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
         carry.groups[key].perimeter += count * length

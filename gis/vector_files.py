@@ -47,7 +47,7 @@ SETTINGS_KEY = "fcnrs_vector_settings"
 
 
 def hilbert_key(
-    x: np.ndarray, y: np.ndarray, extent: Sequence[float], order: int = 16
+    x: np.ndarray, y: np.ndarray, extent: Sequence[float], *, order: int = 16
 ) -> np.ndarray:
     """Position of points along a Hilbert curve over ``extent`` (xmin, ymin, xmax,
     ymax) on a ``2**order`` grid: nearby keys, nearby points."""
@@ -70,7 +70,7 @@ def hilbert_key(
     return key
 
 
-def geo_metadata(crs: CRS | None, bounds: Sequence[float] | None) -> dict[str, Any]:
+def geo_metadata(crs: CRS | None, bounds: Sequence[float] | np.ndarray | None) -> dict[str, Any]:
     """GeoParquet 1.1 ``geo`` metadata: WKB polygons, PROJJSON CRS, the ``bbox``
     column as the covering, and the file's bounds where it has features."""
     column: dict[str, Any] = {

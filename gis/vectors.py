@@ -69,6 +69,7 @@ class Vectorized:
 def vector_path(
     zarr_path: str | PathLike[str] | Location,
     out_dir: str | PathLike[str] | Location | None,
+    *,
     fmt: Format,
 ) -> Path | Location:
     """``<out_dir>/<stem><suffix>``, by default in :func:`vector_dir` beside the
@@ -88,7 +89,7 @@ def vectorize(
     force: bool = False,
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> Vectorized:
-    """Write the polygons of one label raster to ``vector_path(zarr_path, out_dir, fmt)``.
+    """Write the polygons of one label raster to ``vector_path(zarr_path, out_dir, fmt=fmt)``.
 
     A file already made from this very raster with the same settings (its
     :data:`~fcnrs.gis.vector_files.SOURCE_KEY` and
@@ -97,11 +98,9 @@ def vectorize(
 
     Parameters
     ----------
-    zarr_path
-        A published label raster, local or ``s3://``.
-    out_dir
-        The folder of the file, local or ``s3://`` (default: :func:`vector_dir`
-        beside the raster).
+    zarr_path, out_dir
+        A published label raster, and the folder of the file (default:
+        :func:`vector_dir` beside the raster); each local or ``s3://``.
     fmt
         GeoParquet, FlatGeobuf or GeoPackage.
     settings
@@ -114,7 +113,6 @@ def vectorize(
     Returns
     -------
     Vectorized
-        Where the file is, and how many features were written.
 
     Raises
     ------
@@ -126,7 +124,7 @@ def vectorize(
     """
     fmt = check_format(fmt)
     raster = open_label_raster(zarr_path)
-    dst = Location(vector_path(raster.path, out_dir, fmt))
+    dst = Location(vector_path(raster.path, out_dir, fmt=fmt))
     stamp = {SOURCE_KEY: raster.fingerprint, SETTINGS_KEY: settings.to_json()}
     if not force and is_current(dst, stamp):
         return Vectorized(dst.native, None, kept=True)

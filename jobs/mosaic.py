@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("%s: COG exported", name)
     paths: list[Path | Location] = [done.vrt, done.gti]
     if args.quicklook:
-        paths.append(write_quicklook(done.vrt, args.quicklook, args.size))
+        paths.append(write_quicklook(done.vrt, args.quicklook, size=args.size))
     for path in paths:
         print(path)
     return 0
