@@ -17,22 +17,23 @@ Pixel areas:
 A bounding box (in its own CRS) is densified and reprojected into each scene's
 CRS; a pixel counts when its centre lies inside it. Nodata (255) is never counted.
 The published scenes of a folder, local or in S3, are listed by
-:func:`fcnrs.gis.rasters.find_outputs`; chunks are read through the same zarr
+:func:`fcnrs.gis.rasters.list_outputs`; chunks are read through the same zarr
 store the pipeline wrote them with.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterable, Sequence
 from os import PathLike
+from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
-from pyproj import CRS, Transformer
+from dask.delayed import Delayed
+from pyproj import CRS
 from rasterio.features import geometry_mask
 from rasterio.transform import Affine
 
@@ -40,9 +41,11 @@ from fcnrs.pipeline.labels import NODATA
 from fcnrs.pipeline.planning import Window
 from fcnrs.pipeline.storage import Location
 
-from .rasters import LabelRaster, open_label_raster
+from .rasters import LabelRaster, densified_rectangle, open_label_raster, reproject_xy
 
+#: Columns of :func:`query_areas`' table: one row per scene and class.
 COLUMNS = ["scene", "output", "class_id", "class_name", "pixels", "area_m2", "area_km2"]
+#: Points per edge of a bounding box reprojected into a scene's CRS.
 _EDGE_POINTS = 64
 
 
@@ -54,6 +57,14 @@ def _authalic_q(lat_rad: np.ndarray, e2: float) -> np.ndarray:
     return (1 - e2) * (s / (1 - e2 * s * s) - np.log((1 - e * s) / (1 + e * s)) / (2 * e))
 
 
+def ellipsoid_axes(crs: CRS) -> tuple[float, float]:
+    """Semi-major and semi-minor axes (m) of a geographic CRS's ellipsoid."""
+    ell = crs.ellipsoid
+    if ell is None:
+        raise ValueError(f"{crs.name}: a geographic CRS without an ellipsoid.")
+    return ell.semi_major_metre, ell.semi_minor_metre
+
+
 def row_areas(crs: CRS, transform: Affine, rows: np.ndarray) -> np.ndarray:
     """Area in m^2 of one pixel on each of ``rows`` (all pixels of a row are equal)."""
     if transform.b or transform.d:
@@ -62,9 +73,8 @@ def row_areas(crs: CRS, transform: Affine, rows: np.ndarray) -> np.ndarray:
     unit = crs.axis_info[0].unit_conversion_factor
     if not crs.is_geographic:
         return np.full(rows.shape, abs(transform.a * transform.e) * unit * unit)
-    ell = crs.ellipsoid
-    a = ell.semi_major_metre
-    e2 = 1 - (ell.semi_minor_metre / a) ** 2
+    a, b = ellipsoid_axes(crs)
+    e2 = 1 - (b / a) ** 2
     lat1 = (transform.f + transform.e * rows) * unit
     lat2 = (transform.f + transform.e * (rows + 1)) * unit
     dlon = abs(transform.a) * unit
@@ -72,29 +82,43 @@ def row_areas(crs: CRS, transform: Affine, rows: np.ndarray) -> np.ndarray:
 
 
 def bbox_polygon(
-    bbox: Sequence[float], bbox_crs: CRS, crs: CRS
+    bbox: Sequence[float], *, bbox_crs: CRS, crs: CRS
 ) -> tuple[list[tuple[float, float]], tuple[float, float, float, float]]:
-    """The box's outline, densified and reprojected into ``crs``, and its bounds."""
+    """The box's outline, densified and reprojected into ``crs``, and its bounds.
+
+    Parameters
+    ----------
+    bbox
+        ``(minx, miny, maxx, maxy)`` in ``bbox_crs``.
+    bbox_crs, crs
+        The box's CRS, and the CRS to reproject it into.
+
+    Returns
+    -------
+    ring : list of (x, y)
+        A closed ring, :data:`_EDGE_POINTS` points per edge.
+    bounds : tuple
+        ``(minx, miny, maxx, maxy)`` of the ring.
+    """
     minx, miny, maxx, maxy = bbox
-    corners = [(minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy), (minx, miny)]
-    t = np.linspace(0, 1, _EDGE_POINTS, endpoint=False)[:, None]
-    edges = [(1 - t) * np.array(p) + t * np.array(q) for p, q in itertools.pairwise(corners)]
-    xs, ys = np.concatenate(edges).T
-    if bbox_crs != crs:
-        xs, ys = Transformer.from_crs(bbox_crs, crs, always_xy=True).transform(xs, ys)
-    ring = list(zip(np.asarray(xs).tolist(), np.asarray(ys).tolist(), strict=True))
-    return ring + ring[:1], (min(xs), min(ys), max(xs), max(ys))
+    xs, ys = densified_rectangle(minx, miny, maxx, maxy, points=_EDGE_POINTS)
+    xs, ys = reproject_xy(xs, ys, bbox_crs, crs)
+    ring = list(zip(xs.tolist(), ys.tolist(), strict=True))
+    return ring, (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
 
 
-def _chunk_stats(
+def chunk_stats(
     block: np.ndarray,
+    *,
     row0: int,
     col0: int,
     crs: CRS,
     transform: Affine,
     ring: list[tuple[float, float]] | None,
 ) -> np.ndarray:
-    """(2, 256): pixels and m^2 per label value of one chunk."""
+    """(2, 256): pixels and m^2 per label value of one chunk whose first pixel is
+    (``row0``, ``col0``); only pixels whose centre is inside ``ring`` (when
+    given, in the raster's CRS) count, and nodata never does."""
     areas = row_areas(crs, transform, np.arange(row0, row0 + block.shape[0]))
     weights = np.broadcast_to(areas[:, None], block.shape)
     keep = block != NODATA
@@ -115,7 +139,37 @@ def _chunk_stats(
     )
 
 
-def _scene_tasks(raster: LabelRaster, bbox: Sequence[float] | None, bbox_crs: CRS | None) -> list:
+def wanted_classes(names: Sequence[str], classes: Sequence[str] | None) -> list[tuple[int, str]]:
+    """``(class id, name)`` of the classes to list: all of them, or those whose
+    name or id (as a string) is in ``classes``."""
+    return [
+        (i, name)
+        for i, name in enumerate(names)
+        if not classes or name in classes or str(i) in classes
+    ]
+
+
+def area_row(totals: np.ndarray, class_id: int, name: str) -> dict[str, Any]:
+    """One class's pixels and area from (2, 256) totals (:func:`chunk_stats`)."""
+    return {
+        "class_id": class_id,
+        "class_name": name,
+        "pixels": int(totals[0, class_id]),
+        "area_m2": float(totals[1, class_id]),
+        "area_km2": float(totals[1, class_id]) / 1e6,
+    }
+
+
+def area_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows of :func:`area_row` (and more columns) as a typed table."""
+    return pd.DataFrame(rows, columns=list(columns)).astype(
+        {"class_id": "int64", "pixels": "int64", "area_m2": "float64", "area_km2": "float64"}
+    )
+
+
+def _scene_tasks(
+    raster: LabelRaster, bbox: Sequence[float] | None, bbox_crs: CRS | None
+) -> list[Delayed]:
     if not raster.crs_wkt:
         raise ValueError(f"{raster.path}: has no CRS, so its areas are undefined.")
     crs = CRS.from_wkt(raster.crs_wkt)
@@ -123,7 +177,7 @@ def _scene_tasks(raster: LabelRaster, bbox: Sequence[float] | None, bbox_crs: CR
     window = Window(0, 0, height, width)
     ring = None
     if bbox is not None:
-        ring, bounds = bbox_polygon(bbox, bbox_crs or crs, crs)
+        ring, bounds = bbox_polygon(bbox, bbox_crs=bbox_crs or crs, crs=crs)
         # The pixels whose centres may fall in the box: its bounds in pixel space.
         minx, miny, maxx, maxy = bounds
         cols, rows = ~raster.transform * (
@@ -142,8 +196,13 @@ def _scene_tasks(raster: LabelRaster, bbox: Sequence[float] | None, bbox_crs: CR
     cols = np.cumsum((c0, *part.chunks[1]))
     blocks = part.to_delayed()
     return [
-        dask.delayed(_chunk_stats)(
-            blocks[i, j], int(rows[i]), int(cols[j]), crs, raster.transform, ring
+        dask.delayed(chunk_stats)(
+            blocks[i, j],
+            row0=int(rows[i]),
+            col0=int(cols[j]),
+            crs=crs,
+            transform=raster.transform,
+            ring=ring,
         )
         for i in range(blocks.shape[0])
         for j in range(blocks.shape[1])
@@ -158,10 +217,33 @@ def query_areas(
     classes: Sequence[str] | None = None,
     num_workers: int | None = None,
 ) -> pd.DataFrame:
-    """Pixels and area per scene and class (columns :data:`COLUMNS`).
+    """Pixels and area per scene and class.
 
-    ``classes`` keeps only those class names (or ids, as strings). Every class of
-    every scene is listed, with zero where it does not occur.
+    Parameters
+    ----------
+    outputs
+        Published label rasters, local or ``s3://``.
+    bbox
+        Count only pixels whose centre is inside ``(minx, miny, maxx, maxy)``.
+    bbox_crs
+        The CRS of ``bbox`` (default: each scene's own).
+    classes
+        Keep only these class names (or ids, as strings). Every class of every
+        scene is listed otherwise, with zero where it does not occur.
+    num_workers
+        Threads of the dask scheduler (default: one per CPU).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COLUMNS`.
+
+    Raises
+    ------
+    OutputError
+        When an output is not a complete label raster.
+    ValueError
+        When a scene has no CRS.
     """
     rasters = [open_label_raster(p) for p in outputs]
     want_crs = CRS.from_user_input(bbox_crs) if bbox_crs is not None else None
@@ -175,20 +257,9 @@ def query_areas(
         for result in results[k : k + len(scene_tasks)]:
             total += result
         k += len(scene_tasks)
-        for class_id, name in enumerate(raster.classes):
-            if classes and name not in classes and str(class_id) not in classes:
-                continue
-            rows.append(
-                {
-                    "scene": raster.name,
-                    "output": str(raster.path),
-                    "class_id": class_id,
-                    "class_name": name,
-                    "pixels": int(total[0, class_id]),
-                    "area_m2": float(total[1, class_id]),
-                    "area_km2": float(total[1, class_id]) / 1e6,
-                }
-            )
-    return pd.DataFrame(rows, columns=COLUMNS).astype(
-        {"class_id": "int64", "pixels": "int64", "area_m2": "float64", "area_km2": "float64"}
-    )
+        where = {"scene": raster.name, "output": str(raster.path)}
+        rows += [
+            area_row(total, class_id, name) | where
+            for class_id, name in wanted_classes(raster.classes, classes)
+        ]
+    return area_table(rows, COLUMNS)

@@ -54,11 +54,11 @@ from fcnrs.pipeline.manifest import read_manifest
 from fcnrs.pipeline.scenes import scene_stem
 from fcnrs.pipeline.storage import Location, is_url
 
+from .folders import COG_DIR, STAC_DIR, VECTOR_DIR
 from .rasters import PublishedOutput, as_crs, describe_output, footprint, list_outputs
 
 log = logging.getLogger(__name__)
 
-STAC_DIR = "stac"
 PREFIX = "fcnrs:"
 ZARR_TYPE = "application/vnd+zarr"
 PARQUET_TYPE = "application/vnd.apache.parquet"
@@ -158,7 +158,7 @@ def _times(output: PublishedOutput, made: Mapping[str, Any] | None) -> tuple[dat
 
 def _absolute(path: str) -> str:
     """A source path as an absolute href (relative ones are taken from the
-    current directory: the run's own, when the nightly job writes the catalogue)."""
+    current directory: the run's own, when ``fcnrs segment --catalog`` writes it)."""
     return path if is_url(path) else str(Path(path).resolve())
 
 
@@ -167,7 +167,7 @@ def build_item(
 ) -> pystac.Item:
     """The Item of one label raster (hrefs as given: made relative on saving)."""
     crs = as_crs(output.crs_wkt) if output.crs_wkt else None
-    ring = footprint(output.transform, output.width, output.height, crs, "EPSG:4326")
+    ring = footprint(output.transform, output.width, output.height, crs, to_crs="EPSG:4326")
     ring = [(round(x, _DIGITS), round(y, _DIGITS)) for x, y in ring]
     xs, ys = [x for x, _ in ring], [y for _, y in ring]
     when, start, end = _times(output, history.made)
@@ -265,14 +265,17 @@ class CatalogReport:
 
 def build_collection(out: Location, items: Sequence[pystac.Item]) -> pystac.Collection:
     """The folder's Collection: extent = union of the Items' boxes and times."""
-    if items:
-        boxes = [i.bbox for i in items]
+    # Every Item of build_item has a bbox and a start and an end.
+    boxes = [b for b in (i.bbox for i in items) if b is not None]
+    starts = [t for t in (i.common_metadata.start_datetime for i in items) if t is not None]
+    ends = [t for t in (i.common_metadata.end_datetime for i in items) if t is not None]
+    start: datetime | None = None
+    end: datetime | None = None
+    bbox = [-180.0, -90.0, 180.0, 90.0]
+    if boxes and starts and ends:
         bbox = [min(b[0] for b in boxes), min(b[1] for b in boxes)]
         bbox += [max(b[2] for b in boxes), max(b[3] for b in boxes)]
-        start = min(i.common_metadata.start_datetime for i in items)
-        end = max(i.common_metadata.end_datetime for i in items)
-    else:
-        bbox, start, end = [-180.0, -90.0, 180.0, 90.0], None, None
+        start, end = min(starts), max(ends)
     collection = pystac.Collection(
         id=out.name or "labels",
         title=f"Label rasters in {out.name}",
@@ -298,7 +301,7 @@ def write_catalog(
     Parameters
     ----------
     out_dir
-        An output folder of the nightly job, local or ``s3://``.
+        An output folder of a segmentation run, local or ``s3://``.
     cogs, vectors
         Where the COGs and quicklooks (default ``<out>/cogs``) and the polygons
         (default ``<out>/vectors``) are looked for.
@@ -306,8 +309,8 @@ def write_catalog(
     out = Location(out_dir)
     if not out.remote:
         out = Location(out.path.resolve())
-    cog_dir = Location(cogs) if cogs else out / "cogs"
-    vector_dir = Location(vectors) if vectors else out / "vectors"
+    cog_dir = Location(cogs) if cogs else out / COG_DIR
+    vector_dir = Location(vectors) if vectors else out / VECTOR_DIR
     rows = read_manifest(out).to_pylist()
     items = []
     for where in list_outputs(out):

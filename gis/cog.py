@@ -1,4 +1,4 @@
-"""Cloud Optimized GeoTIFFs and PNG quicklooks of the Zarr label rasters.
+"""Cloud Optimized GeoTIFFs of the Zarr label rasters, with their PNG quicklooks.
 
 ``export_cog`` copies a published label raster, window by window, into a tiled
 GeoTIFF staging file (labels, nodata 255, the class colours as a colour table),
@@ -11,7 +11,7 @@ the TIFF itself so they survive without the sidecar. Each file is published
 whole (:meth:`~fcnrs.pipeline.storage.Location.staged`: renamed into place on
 disk, one upload to ``s3://``), so a failed export never replaces a good one
 and a reader never sees a part of one. In S3 the ``.tif`` is written first,
-then its ``.aux.xml``, then the quicklook.
+then its ``.aux.xml``, then the quicklook (:mod:`fcnrs.gis.quicklook`).
 
 Each GeoTIFF carries the label raster's fingerprint (``SOURCE_FINGERPRINT``, a
 digest of its model, settings, source file and grid). A re-run keeps a GeoTIFF
@@ -24,35 +24,32 @@ raster's size.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Literal
 from xml.sax.saxutils import escape
 
-import numpy as np
 import rasterio
 import zarr
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.enums import ColorInterp
 from rasterio.shutil import copy as gdal_copy
 
 from fcnrs.pipeline.errors import OutputError, PipelineError
 from fcnrs.pipeline.labels import NODATA
-from fcnrs.pipeline.planning import Window
-from fcnrs.pipeline.reading import open_raster
-from fcnrs.pipeline.storage import Location, clear_gdal_cache
+from fcnrs.pipeline.storage import Location
 
-from .rasters import LabelRaster, open_label_raster
+from .quicklook import write_quicklook
+from .rasters import LabelRaster, chunk_windows, open_label_raster, reopen
 
-#: COG internal tile edge; also the staging file's block size.
-BLOCK = 512
+#: COG internal tile edge; also the staging file's and the mosaic's block size.
+COG_BLOCK = 512
 #: The TIFF tag holding the fingerprint of the label raster a GeoTIFF was made from.
 SOURCE_TAG = "SOURCE_FINGERPRINT"
 _COG_OPTIONS = {
-    "BLOCKSIZE": str(BLOCK),
+    "BLOCKSIZE": str(COG_BLOCK),
     "COMPRESS": "DEFLATE",
     "PREDICTOR": "NO",
     "LEVEL": "6",
@@ -69,17 +66,13 @@ def colormap(colors: tuple[tuple[int, int, int], ...]) -> dict[int, tuple[int, i
     return table
 
 
-def _windows(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[Window]:
-    """Chunk-aligned windows covering the last two axes."""
-    height, width = shape[-2:]
-    ch, cw = chunks[-2:]
-    for r in range(0, height, ch):
-        for c in range(0, width, cw):
-            yield Window(r, c, min(ch, height - r), min(cw, width - c))
-
-
 def _stage_tiff(
-    src: zarr.Array, dst: Path, raster: LabelRaster, *, nodata: int | None, tags: dict
+    src: zarr.Array,
+    dst: Path,
+    raster: LabelRaster,
+    *,
+    nodata: int | None,
+    tags: dict[str, str],
 ) -> None:
     """Copy a 2-D or (band, y, x) Zarr array into a tiled GeoTIFF, chunk by chunk."""
     bands = 1 if src.ndim == 2 else src.shape[0]
@@ -93,8 +86,8 @@ def _stage_tiff(
         "transform": raster.transform,
         "nodata": nodata,
         "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
+        "blockxsize": COG_BLOCK,
+        "blockysize": COG_BLOCK,
         "compress": "ZSTD",
         "BIGTIFF": "IF_SAFER",
     }
@@ -107,7 +100,7 @@ def _stage_tiff(
             for b, name in enumerate(raster.classes, start=1):
                 out.set_band_description(b, f"probability of {name} x 255")
         out.update_tags(**tags)
-        for window in _windows(src.shape, src.chunks):
+        for window in chunk_windows(src.shape, src.chunks):
             rows, cols = window.slices()
             block = src[rows, cols] if src.ndim == 2 else src[:, rows, cols]
             out.write(block, indexes=1 if src.ndim == 2 else None, window=window.to_rasterio())
@@ -125,20 +118,36 @@ def scratch_folder(out: Location) -> Iterator[Path]:
         yield Path(folder)
 
 
-def _cog(staging_tiff: Path, dst: Location, resampling: str) -> None:
+def _publish(
+    raster: LabelRaster,
+    array: Literal["labels", "probabilities"],
+    tiff: Location,
+    *,
+    staging: Path,
+    force: bool,
+) -> bool:
+    """Export one array of ``raster`` to ``tiff`` through the ``staging`` file,
+    unless ``tiff`` is already an export of this very raster; returns whether
+    it was kept."""
+    if not force and exported_from(tiff, raster.fingerprint):
+        return True
+    tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
+    tags[SOURCE_TAG] = raster.fingerprint
+    if array == "labels":
+        _stage_tiff(raster.labels, staging, raster, nodata=NODATA, tags=tags)
+        # An overview pixel is the most frequent class below it, never an average.
+        _cog(staging, tiff, "MODE")
+    elif raster.probabilities is not None:
+        _stage_tiff(raster.probabilities, staging, raster, nodata=None, tags=tags)
+        # Probabilities are continuous: averaging is the right overview.
+        _cog(staging, tiff, "AVERAGE")
+    return False
+
+
+def _cog(staging_tiff: Path, dst: Location, resampling: Literal["MODE", "AVERAGE"]) -> None:
     """GDAL's COG driver: overviews by ``resampling``, IFDs first, tiles in order."""
     with dst.staged() as partial:
         gdal_copy(staging_tiff, partial, driver="COG", RESAMPLING=resampling, **_COG_OPTIONS)
-
-
-def reopen(path: str | PathLike[str] | Location) -> rasterio.io.DatasetReader:
-    """Open a raster this project wrote, where it is. In S3 GDAL's HTTP cache is
-    cleared first (:func:`~fcnrs.pipeline.storage.clear_gdal_cache`): the file may
-    have been republished since this process last read it."""
-    where = Location(path)
-    if where.remote:
-        clear_gdal_cache()
-    return open_raster(str(where))
 
 
 def exported_from(tiff: str | PathLike[str] | Location, fingerprint: str) -> bool:
@@ -204,68 +213,49 @@ def export_cog(
     quicklook: int | None = None,
     force: bool = False,
 ) -> Exported:
-    """Export one label raster to ``out_dir/<name>.tif`` (+ ``.aux.xml``), and
-    optionally ``<name>_probabilities.tif`` and a ``<name>.png`` quicklook whose
-    longer side is ``quicklook`` pixels. Both may be local or ``s3://``.
+    """Export one label raster to ``out_dir/<name>.tif`` (+ ``.aux.xml``).
 
     A GeoTIFF already exported from this very raster (same fingerprint) is kept
     unless ``force``; the sidecar and the quicklook (both small) are rewritten.
+
+    Parameters
+    ----------
+    zarr_path, out_dir
+        A published label raster, and the folder of the GeoTIFFs (each local
+        or ``s3://``).
+    probabilities
+        Also export ``<name>_probabilities.tif`` (overviews by average).
+    quicklook
+        Also write ``<name>.png`` (:func:`~fcnrs.gis.quicklook.write_quicklook`),
+        this many pixels on its longer side.
+    force
+        Rewrite current GeoTIFFs.
+
+    Returns
+    -------
+    Exported
+
+    Raises
+    ------
+    OutputError
+        When ``zarr_path`` is not a complete label raster, or has no
+        probabilities to export.
     """
     raster = open_label_raster(zarr_path)
     if probabilities and raster.probabilities is None:
         raise OutputError(f"{raster.path}: has no probabilities to export.")
     out = Location(out_dir)
     dst = out / f"{raster.name}.tif"
-    tags = {f"CLASS_{i}": name for i, name in enumerate(raster.classes)}
-    tags[SOURCE_TAG] = raster.fingerprint
     prob_dst = out / f"{raster.name}_probabilities.tif" if probabilities else None
-    kept = []
-
+    kept: list[Path | Location] = []
     with scratch_folder(out) as scratch:
         staging = scratch / f"{raster.name}.staging.tif"
-
-        def publish(array: zarr.Array, tiff: Location, nodata: int | None, resampling: str) -> None:
-            if not force and exported_from(tiff, raster.fingerprint):
-                kept.append(tiff.native)
-                return
-            _stage_tiff(array, staging, raster, nodata=nodata, tags=tags)
-            _cog(staging, tiff, resampling)
-
-        publish(raster.labels, dst, NODATA, "MODE")
+        if _publish(raster, "labels", dst, staging=staging, force=force):
+            kept.append(dst.native)
         # GDAL keeps category names and attribute tables of GeoTIFFs in this sidecar.
         aux = dst.with_name(f"{dst.name}.aux.xml")
         aux.write_bytes(pam_categories(raster.classes, raster.colors).encode("utf-8"))
-        if prob_dst:
-            # Probabilities are continuous: averaging is the right overview.
-            publish(raster.probabilities, prob_dst, None, "AVERAGE")
-    png = write_quicklook(dst, out / f"{raster.name}.png", quicklook) if quicklook else None
+        if prob_dst and _publish(raster, "probabilities", prob_dst, staging=staging, force=force):
+            kept.append(prob_dst.native)
+    png = write_quicklook(dst, out / f"{raster.name}.png", size=quicklook) if quicklook else None
     return Exported(dst.native, prob_dst.native if prob_dst else None, png, tuple(kept))
-
-
-def write_quicklook(
-    cog: str | PathLike[str] | Location, dst: str | PathLike[str] | Location, size: int
-) -> Path | Location:
-    """A paletted PNG of a label COG, longer side ``size`` pixels, downsampled by
-    mode (from the COG's overviews), nodata transparent."""
-    with reopen(cog) as src:
-        scale = min(1.0, size / max(src.height, src.width))
-        shape = (max(1, round(src.height * scale)), max(1, round(src.width * scale)))
-        small = src.read(1, out_shape=shape, resampling=Resampling.mode)
-        cmap = src.colormap(1)
-    return write_png(small, cmap, dst)
-
-
-def write_png(
-    labels: np.ndarray, cmap: dict[int, tuple[int, ...]], dst: str | PathLike[str] | Location
-) -> Path | Location:
-    """Class ids as a paletted PNG (published whole, local or ``s3://``)."""
-    dst = Location(dst)
-    height, width = labels.shape
-    with dst.staged() as partial, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: no georeferencing
-        with rasterio.open(
-            partial, "w", driver="PNG", height=height, width=width, count=1, dtype="uint8"
-        ) as out:
-            out.write(labels, 1)
-            out.write_colormap(1, cmap)
-    return dst.native

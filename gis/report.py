@@ -12,9 +12,9 @@ relative so that it moves with the folder. It shows
   :class:`~fcnrs.pipeline.manifest.RunRecord`);
 - the model (digest, variant, classes, bands) and every setting;
 - class areas per scene and for the night, where each ground pixel counts once
-  (:func:`~fcnrs.gis.night.night_areas`, the mosaic's precedence rule);
-- a map: the mosaic's quicklook (:func:`~fcnrs.gis.mosaic.render_quicklook`)
-  with every scene's footprint, coloured by what happened to it tonight;
+  (:func:`~fcnrs.gis.night_areas.night_areas`, the mosaic's precedence rule);
+- a map: the mosaic's quicklook with every scene's footprint, coloured by what
+  happened to it tonight (:func:`~fcnrs.gis.report_map.build_map`);
 - every earlier run, from the manifest (it keeps them all).
 
 Everything is read from the folder (manifest, run records, the outputs'
@@ -24,20 +24,14 @@ metadata, the mosaic): the page can be rebuilt any time with ``fcnrs report``.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from os import PathLike
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
 import pyarrow as pa
-import rasterio
-from pyproj import CRS
-from rasterio.transform import Affine
 
 from fcnrs.pipeline.errors import OutputError, PipelineError
 from fcnrs.pipeline.manifest import (
@@ -47,28 +41,28 @@ from fcnrs.pipeline.manifest import (
     read_manifest,
     read_run_records,
 )
-from fcnrs.pipeline.reading import open_raster
 from fcnrs.pipeline.scenes import scene_stem
-from fcnrs.pipeline.storage import Location, clear_gdal_cache, sync_gdal_env
+from fcnrs.pipeline.storage import Location
 
-from .catalog import STAC_DIR
-from .night import NIGHT_DIR, NIGHT_POLYGONS, in_precedence, night_areas, night_crs
-from .rasters import PublishedOutput, describe_output, footprint, list_outputs
-from .report_page import (
-    Footprint,
-    MapStatus,
-    NightMap,
-    NightReport,
-    RunLine,
-    SceneLine,
-    render_report,
-    shown,
+from .folders import (
+    COG_DIR,
+    MOSAIC_DIR,
+    MOSAIC_GTI,
+    MOSAIC_VRT,
+    NIGHT_POLYGONS,
+    REPORT_NAME,
+    STAC_DIR,
 )
-from .vectors import FORMATS
+from .mosaic import build_mosaic
+from .night_areas import NightAreas, night_areas
+from .rasters import PublishedOutput, describe_output, list_outputs
+from .report_map import build_map
+from .report_page import render_report, shown
+from .report_values import NightReport, RunLine, SceneLine
+from .vector_files import FORMATS
+from .vectors import vector_dir
 
 log = logging.getLogger(__name__)
-
-REPORT_NAME = "report.html"
 
 # -- reading the folder ------------------------------------------------------------------
 
@@ -142,18 +136,14 @@ def _href(rel: str) -> str:
     return quote(rel, safe="/")
 
 
-def scene_links(out: Location, name: str, published: bool) -> dict[str, str]:
+def scene_links(out: Location, name: str, *, published: bool) -> dict[str, str]:
     """Links (relative to the page) to what exists of one scene."""
     links: dict[str, str] = {}
     found = {
         "STAC item": _first_existing(out, [f"{STAC_DIR}/{name}/{name}.json"]),
-        "COG": _first_existing(out, [f"cogs/{name}.tif"]),
+        "COG": _first_existing(out, [f"{COG_DIR}/{name}.tif"]),
         "polygons": _first_existing(
-            out,
-            [
-                f"{'vectors' if fmt == 'parquet' else f'vectors_{fmt}'}/{name}{suffix}"
-                for fmt, (suffix, _) in FORMATS.items()
-            ],
+            out, [f"{vector_dir(fmt)}/{name}{suffix}" for fmt, (suffix, _) in FORMATS.items()]
         ),
         "labels": f"{name}.zarr" if published else None,
     }
@@ -166,9 +156,9 @@ def scene_links(out: Location, name: str, published: bool) -> dict[str, str]:
 def night_layers(out: Location) -> dict[str, str]:
     """Links to the night's layers that exist."""
     candidates = {
-        "mosaic (VRT, any GDAL)": [f"{NIGHT_DIR}/labels.vrt"],
-        "mosaic (GTI, GDAL >= 3.9)": [f"{NIGHT_DIR}/labels.gti.gpkg"],
-        "night's polygons": [f"{NIGHT_DIR}/{NIGHT_POLYGONS}{s}" for s, _ in FORMATS.values()],
+        "mosaic (VRT, any GDAL)": [f"{MOSAIC_DIR}/{MOSAIC_VRT}"],
+        "mosaic (GTI, GDAL >= 3.9)": [f"{MOSAIC_DIR}/{MOSAIC_GTI}"],
+        "night's polygons": [f"{MOSAIC_DIR}/{NIGHT_POLYGONS}{s}" for s, _ in FORMATS.values()],
         "STAC collection": [f"{STAC_DIR}/collection.json"],
     }
     layers = {}
@@ -183,14 +173,16 @@ def night_layers(out: Location) -> dict[str, str]:
 def _model_and_settings(
     record: RunRecord | None, rows: Sequence[Mapping[str, Any]], outputs: Sequence[PublishedOutput]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model and the settings of the run: from its record, or (a run from
+    before run records were kept) from what an output it made says."""
     if record is not None:
-        model = {
+        model: dict[str, Any] = {
             "digest": record.model_digest,
             "checkpoint": record.model,
             "variant": record.model_variant,
             "bands": ", ".join(map(str, record.bands)),
         }
-        settings = {
+        settings: dict[str, Any] = {
             **record.settings,
             "bands": shown(record.settings.get("bands") or "the checkpoint's"),
             "settings digest": record.settings_digest,
@@ -199,7 +191,6 @@ def _model_and_settings(
             "threads per replica": record.threads_per_replica,
         }
         return model, settings
-    # A run from before run records were kept: what an output it made says.
     digest = rows[0]["model_digest"] if rows else ""
     settings_digest = rows[0]["settings_digest"] if rows else ""
     made = next(
@@ -212,7 +203,7 @@ def _model_and_settings(
         None,
     )
     model = {"digest": digest}
-    settings: dict[str, Any] = {"settings digest": settings_digest}
+    settings = {"settings digest": settings_digest}
     if made is not None:
         model["variant"] = made.attrs.get("model_variant", "")
         model["bands"] = ", ".join(map(str, made.attrs.get("bands", [])))
@@ -220,14 +211,14 @@ def _model_and_settings(
     return model, settings
 
 
-# -- the map -------------------------------------------------------------------------------
-
-
 def refresh_mosaic(out_dir: str | PathLike[str] | Location) -> str:
-    """Bring the mosaic (and the COGs it needs) up to date, local or in S3;
-    returns a note for the page when that was not possible."""
-    from .mosaic import build_mosaic
+    """Bring the mosaic (and the COGs it needs) up to date, local or in S3.
 
+    Returns
+    -------
+    str
+        A note for the page when that was not possible (logged too), else "".
+    """
     out = Location(out_dir)
     try:
         build_mosaic(out)
@@ -237,130 +228,13 @@ def refresh_mosaic(out_dir: str | PathLike[str] | Location) -> str:
     return ""
 
 
-def _map_status(name: str, tonight: Mapping[str, str]) -> MapStatus:
-    status = tonight.get(name)
-    if status is None:
-        return "earlier"
-    if status in ("failed", "interrupted"):
-        return "stale"
-    return status  # type: ignore[return-value]
-
-
-def build_map(
-    out: Location,
-    outputs: Sequence[PublishedOutput],
-    scenes: Sequence[SceneLine],
-    *,
-    size: int = 1024,
-    note: str = "",
-) -> NightMap:
-    """The night's map: the mosaic's quicklook where ``<out>/mosaic/labels.vrt``
-    exists (longer side ``size`` px), footprints only otherwise."""
-    from .mosaic import render_quicklook
-
-    vrt = out / NIGHT_DIR / "labels.vrt"
-    png, crs, transform, width, height = None, None, None, 0, 0
-    if vrt.is_file():
-        try:
-            if out.remote:
-                sync_gdal_env()
-                clear_gdal_cache()  # tonight's run may have republished the mosaic
-            with rasterio.open(vrt.gdal_path, driver="VRT") as src:
-                crs, grid = CRS.from_wkt(src.crs.to_wkt()), src.transform
-                scale = min(1.0, size / max(src.height, src.width))
-                width = max(1, round(src.width * scale))
-                height = max(1, round(src.height * scale))
-                transform = grid @ Affine.scale(src.width / width, src.height / height)
-            with tempfile.TemporaryDirectory() as tmp:
-                png = render_quicklook(vrt, Path(tmp) / "night.png", size).read_bytes()
-        except (rasterio.errors.RasterioError, OSError) as exc:
-            note = f"{note}; " if note else ""
-            note += f"the mosaic could not be drawn ({exc})"
-            png = None
-    else:
-        note = f"{note}; " if note else ""
-        note += f"no mosaic yet ({NIGHT_DIR}/labels.vrt), so no picture under the footprints"
-    tonight = {s.name: s.status for s in scenes}
-    rings: list[tuple[str, MapStatus, np.ndarray, str]] = []
-    missing: list[tuple[str, str]] = []
-    ordered = in_precedence(outputs, name=lambda o: o.name)
-    crss = [CRS.from_wkt(o.crs_wkt) for o in ordered if o.crs_wkt]
-    if crs is None and crss:
-        crs = night_crs(crss)
-    for o in outputs:
-        if crs is None or not o.crs_wkt:
-            missing.append((o.name, "its output has no CRS"))
-            continue
-        ring = footprint(o.transform, o.width, o.height, CRS.from_wkt(o.crs_wkt), crs)
-        status = _map_status(o.name, tonight)
-        rings.append((o.name, status, np.array(ring), f"{o.name}: {status}"))
-    published = {o.name for o in outputs}
-    for s in scenes:
-        if s.name in published or s.status not in ("failed", "interrupted"):
-            continue
-        try:
-            if crs is None:
-                raise ValueError("no map CRS")
-            with open_raster(s.scene) as src:
-                if src.crs is None:
-                    raise ValueError("the scene has no CRS")
-                ring = footprint(src.transform, src.width, src.height, src.crs, crs)
-        except (PipelineError, ValueError, OSError, rasterio.errors.RasterioError):
-            missing.append((s.name, f"{s.status}, and its source cannot be placed: {s.error}"))
-            continue
-        rings.append((s.name, s.status, np.array(ring), f"{s.name}: {s.status}: {s.error}"))  # type: ignore[arg-type]
-    if transform is None:  # footprints only: a frame around them all, 800 px wide
-        if not rings:
-            return NightMap(0, 0, None, "", (), tuple(missing), note)
-        allxy = np.concatenate([r[2] for r in rings])
-        (x0, y0), (x1, y1) = allxy.min(0), allxy.max(0)
-        pad = 0.03 * max(x1 - x0, y1 - y0, 1e-9)
-        x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
-        width = 800
-        height = max(1, round(width * (y1 - y0) / max(x1 - x0, 1e-12)))
-        transform = Affine(
-            (x1 - x0) / width, 0, x0, 0, -(y1 - y0) / height, y1
-        )  # north up, like a raster
-    inverse = ~transform
-    footprints = []
-    for name, status, ring, title in rings:
-        cols, rows = inverse @ (ring[:, 0], ring[:, 1])
-        points = tuple(
-            (round(float(c), 2), round(float(r), 2)) for c, r in zip(cols, rows, strict=True)
-        )
-        inside = any(0 <= c <= width and 0 <= r <= height for c, r in points)
-        if not inside:
-            missing.append((name, f"{status}: outside the mosaic's extent"))
-        footprints.append(Footprint(name, status, points, title))
-    crs_name = crs.to_string() if crs is not None else ""
-    return NightMap(width, height, png, crs_name, tuple(footprints), tuple(missing), note)
-
-
 # -- gathering --------------------------------------------------------------------------------
 
 
-def gather_report(
-    out_dir: str | PathLike[str] | Location,
-    *,
-    map_size: int = 1024,
-    num_workers: int | None = None,
-    map_note: str = "",
-) -> NightReport:
-    """Read everything the page shows from an output folder (local or S3).
-
-    Raises :class:`~fcnrs.pipeline.errors.OutputError` naming the folder when
-    it is missing, not an output folder, or its manifest holds no run.
-    """
-    out = Location(out_dir)
-    table = check_output_folder(out)
-    rows = table.to_pylist()
-    runs = run_order(rows)
-    run_id = runs[-1]
-    tonight = [r for r in rows if r["run_id"] == run_id]
-    records = read_run_records(out)
-    record = records.get(run_id)
-    locations = list_outputs(out)
-    outputs = [describe_output(loc) for loc in locations]
+def _scene_lines(
+    out: Location, tonight: Sequence[Mapping[str, Any]], outputs: Sequence[PublishedOutput]
+) -> list[SceneLine]:
+    """Tonight's manifest rows as the page lists them, by scene."""
     by_name = {o.name: o for o in outputs}
     lines = []
     for r in sorted(tonight, key=lambda r: r["scene"]):
@@ -385,16 +259,59 @@ def gather_report(
                 seconds=float(r["seconds"]),
                 megapixels=megapixels,
                 rate=rate,
-                links=scene_links(out, name, made is not None),
+                links=scene_links(out, name, published=made is not None),
             )
         )
+    return lines
+
+
+def _areas(locations: Sequence[Location], num_workers: int | None) -> tuple[NightAreas | None, str]:
+    """The night's areas, or why there are none."""
+    if not locations:
+        return None, "no published label rasters, so no areas"
+    try:
+        return night_areas(locations, num_workers=num_workers), ""
+    except (PipelineError, ValueError) as exc:  # no CRS, or two class lists
+        return None, f"no areas: {exc}"
+
+
+def gather_report(
+    out_dir: str | PathLike[str] | Location,
+    *,
+    map_size: int = 1024,
+    num_workers: int | None = None,
+    map_note: str = "",
+) -> NightReport:
+    """Read everything the page shows from an output folder (local or S3).
+
+    Parameters
+    ----------
+    out_dir
+        The output folder.
+    map_size
+        The longer side of the map's picture, in pixels.
+    num_workers
+        Threads for the areas (default: one per CPU).
+    map_note
+        What to say under the map.
+
+    Raises
+    ------
+    OutputError
+        Naming the folder when it is missing, not an output folder, or its
+        manifest holds no run.
+    """
+    out = Location(out_dir)
+    rows = check_output_folder(out).to_pylist()
+    run_id = run_order(rows)[-1]
+    tonight = [r for r in rows if r["run_id"] == run_id]
+    records = read_run_records(out)
+    record = records.get(run_id)
+    locations = list_outputs(out)
+    outputs = [describe_output(loc) for loc in locations]
+    lines = _scene_lines(out, tonight, outputs)
     model, settings = _model_and_settings(record, tonight, outputs)
-    areas, areas_note = None, "no published label rasters, so no areas"
-    if locations:
-        try:
-            areas = night_areas(locations, num_workers=num_workers)
-        except (PipelineError, ValueError) as exc:  # no CRS, or two class lists
-            areas_note = f"no areas: {exc}"
+    areas, areas_note = _areas(locations, num_workers)
     classes = outputs[0].classes if outputs else (record.classes if record else ())
     colors = outputs[0].colors if outputs else ()
     if record is not None:

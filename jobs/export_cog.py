@@ -24,8 +24,9 @@ import argparse
 import logging
 import sys
 
-from fcnrs.gis.cog import export_cog
-from fcnrs.jobs.options import expand_urls, job_main, output_folder
+from fcnrs.gis.cog import Exported, export_cog
+from fcnrs.jobs.inputs import expand_inputs, for_each_input
+from fcnrs.jobs.options import job_main, output_folder
 
 log = logging.getLogger("fcnrs.export")
 
@@ -46,31 +47,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _report(done: Exported) -> None:
+    for kept in done.kept:
+        log.info("%s: kept, already exported from this label raster", kept)
+    for written in (done.labels, done.probabilities, done.quicklook):
+        if written:
+            print(written)
+
+
 def run(args: argparse.Namespace) -> int:
-    failed = 0
-    try:
-        paths = expand_urls(args.zarr)
-    except OSError as exc:  # an s3:// glob's listing: no such bucket, access denied
-        log.error("%s", exc)
+    paths = expand_inputs(args.zarr, log)
+    if paths is None:
         return 2
-    for path in paths:
-        try:
-            done = export_cog(
-                path,
-                args.out,
-                probabilities=args.probabilities,
-                quicklook=args.quicklook,
-                force=args.force,
-            )
-        except Exception as exc:  # one bad scene fails alone
-            failed += 1
-            log.error("%s: export failed: %s", path, exc)
-            continue
-        for kept in done.kept:
-            log.info("%s: kept, already exported from this label raster", kept)
-        for written in (done.labels, done.probabilities, done.quicklook):
-            if written:
-                print(written)
+
+    def export(path: str) -> Exported:
+        return export_cog(
+            path,
+            args.out,
+            probabilities=args.probabilities,
+            quicklook=args.quicklook,
+            force=args.force,
+        )
+
+    failed = for_each_input(paths, export, done=_report, failure="export failed", log=log)
     return 1 if failed else 0
 
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from fcnrs.gis.mosaic import build_mosaic, render_quicklook
+from fcnrs.gis.mosaic import build_mosaic
+from fcnrs.gis.quicklook import write_quicklook
 from fcnrs.jobs.options import at_least, job_main, output_folder
 from fcnrs.pipeline.errors import PipelineError
+from fcnrs.pipeline.storage import Location
 
 log = logging.getLogger("fcnrs.mosaic")
 
@@ -68,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for name in done.exported:
         log.info("%s: COG exported", name)
-    paths = [done.vrt, done.gti]
+    paths: list[Path | Location] = [done.vrt, done.gti]
     if args.quicklook:
-        paths.append(render_quicklook(done.vrt, args.quicklook, args.size))
+        paths.append(write_quicklook(done.vrt, args.quicklook, size=args.size))
     for path in paths:
         print(path)
     return 0

@@ -1,9 +1,10 @@
 """Option parsing every job shares: bands, logging and verbosity, quiet Ray.
 
-Each job module (``segment_scenes``, ``finetune``, ``export_cog``,
-``query_areas``, ``demo``) defines ``add_arguments(parser)`` and
-``run(args) -> int``; :func:`job_main` runs one as a script and
-:mod:`fcnrs.jobs.cli` gathers them as subcommands of ``fcnrs``.
+Each job module (every one :mod:`fcnrs.jobs.cli` lists as a subcommand of
+``fcnrs``: ``segment_scenes``, ``finetune``, ``context``, ``export_cog``,
+``query_areas``, ``vectorize``, ``mosaic``, ``catalog``, ``report``, ``demo``)
+defines ``add_arguments(parser)`` and ``run(args) -> int``; :func:`job_main`
+runs one as a script.
 """
 
 from __future__ import annotations

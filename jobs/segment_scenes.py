@@ -40,10 +40,11 @@ import sys
 from typing import get_args
 
 from fcnrs.fcn_model import FCNModelError
-from fcnrs.gis.night import write_night_polygons
+from fcnrs.gis.night_polygons import write_night_polygons
 from fcnrs.gis.rasters import list_outputs
 from fcnrs.gis.report import refresh_mosaic
-from fcnrs.gis.vectors import FORMATS, Format, vectorize
+from fcnrs.gis.vector_files import FORMATS, Format
+from fcnrs.gis.vectors import vectorize
 from fcnrs.jobs import catalog
 from fcnrs.jobs import report as night_report
 from fcnrs.jobs.options import (

@@ -29,9 +29,12 @@ import argparse
 import logging
 import sys
 
-from fcnrs.gis.night import write_night_polygons
-from fcnrs.gis.vectors import FORMATS, VectorSettings, vectorize
-from fcnrs.jobs.options import expand_urls, job_main, output_folder
+from fcnrs.gis.night_polygons import write_night_polygons
+from fcnrs.gis.polygons import VectorSettings
+from fcnrs.gis.vector_files import FORMATS
+from fcnrs.gis.vectors import Vectorized, vectorize
+from fcnrs.jobs.inputs import expand_inputs, for_each_input
+from fcnrs.jobs.options import job_main, output_folder
 
 log = logging.getLogger("fcnrs.vectorize")
 
@@ -82,26 +85,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _report(done: Vectorized) -> None:
+    if done.kept:
+        log.info("%s: kept, already made from this label raster", done.path)
+    else:
+        log.info("%s: %d polygons", done.path, done.features)
+    print(done.path)
+
+
 def run(args: argparse.Namespace) -> int:
     settings = VectorSettings(simplify=args.simplify, min_area_m2=args.min_area)
-    failed = 0
-    try:
-        paths = expand_urls(args.zarr)
-    except OSError as exc:  # an s3:// glob's listing: no such bucket, access denied
-        log.error("%s", exc)
+    paths = expand_inputs(args.zarr, log)
+    if paths is None:
         return 2
-    for path in paths:
-        try:
-            done = vectorize(path, args.out, fmt=args.format, settings=settings, force=args.force)
-        except Exception as exc:  # one bad scene fails alone
-            failed += 1
-            log.error("%s: polygons failed: %s", path, exc)
-            continue
-        if done.kept:
-            log.info("%s: kept, already made from this label raster", done.path)
-        else:
-            log.info("%s: %d polygons", done.path, done.features)
-        print(done.path)
+
+    def polygons(path: str) -> Vectorized:
+        return vectorize(path, args.out, fmt=args.format, settings=settings, force=args.force)
+
+    failed = for_each_input(paths, polygons, done=_report, failure="polygons failed", log=log)
     if args.night:
         try:
             done = write_night_polygons(paths, fmt=args.format, settings=settings, force=args.force)

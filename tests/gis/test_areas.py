@@ -11,7 +11,7 @@ from pyproj import Geod, Transformer
 from rasterio.transform import from_origin
 
 from fcnrs.gis.areas import COLUMNS, query_areas
-from fcnrs.gis.rasters import find_outputs
+from fcnrs.gis.rasters import list_outputs
 from fcnrs.jobs import query_areas as query_job
 
 CLASSES = ("water", "forest", "field", "town")
@@ -109,7 +109,7 @@ def test_cli_formats_classes_filter_and_manifest_join(make_labels, tmp_path, cap
     make_labels(np.full((64, 64), 0, np.uint8), name="a.zarr", out_dir=out)
     make_labels(np.full((32, 64), 3, np.uint8), name="b.zarr", out_dir=out)
     (out / ".c.zarr.partial").mkdir()  # a scene still being written is not listed
-    assert [p.name for p in find_outputs(out)] == ["a.zarr", "b.zarr"]
+    assert [p.name for p in list_outputs(out)] == ["a.zarr", "b.zarr"]
     assert query_job.main([str(out), "--format", "csv", "--classes", "water,town"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(table.columns) == COLUMNS

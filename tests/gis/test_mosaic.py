@@ -89,7 +89,7 @@ def test_vrt_is_one_paletted_layer_with_every_scene_in_place(night):
     out, scenes = night
     done = build_mosaic(out)
     assert done.crs.to_string() == UTM33  # two of three scenes
-    assert done.tiles == ("a", "b", "c") and done.exported == ("a", "b", "c")
+    assert done.scenes == ("a", "b", "c") and done.exported == ("a", "b", "c")
     assert [p.name for p in done.warped] == ["c.vrt"]
     with rasterio.open(done.vrt) as vrt:
         assert vrt.count == 1 and vrt.nodata == 255 and vrt.crs.to_string() == UTM33

@@ -16,14 +16,10 @@ from rasterio.transform import from_origin
 
 from fcnrs.gis.areas import query_areas
 from fcnrs.gis.mosaic import build_mosaic
-from fcnrs.gis.night import (
-    NIGHT_COLUMNS,
-    in_precedence,
-    night_areas,
-    night_polygons_path,
-    write_night_polygons,
-)
-from fcnrs.gis.rasters import find_outputs
+from fcnrs.gis.night import in_precedence
+from fcnrs.gis.night_areas import NIGHT_COLUMNS, night_areas
+from fcnrs.gis.night_polygons import night_polygons_path, write_night_polygons
+from fcnrs.gis.rasters import list_outputs
 from fcnrs.gis.vectors import vectorize
 from fcnrs.jobs.cli import main as fcnrs
 from fcnrs.pipeline.errors import OutputError
@@ -93,7 +89,7 @@ def test_night_areas_count_the_shared_strip_once_as_the_mosaic_draws_it(pair):
     assert np.array_equal(strip[top != 255], top[top != 255])
     assert (top == 255).sum() > 0 and np.array_equal(strip[top == 255], under[top == 255])
 
-    areas = night_areas(find_outputs(out))
+    areas = night_areas(list_outputs(out))
     assert list(areas.night.columns) == NIGHT_COLUMNS
     mosaic_pixels = np.bincount(drawn[drawn != 255], minlength=4)
     # Counted once: the mosaic's pixels (10 m: 100 m^2 each), to within 0.1% (here exactly).
@@ -101,7 +97,7 @@ def test_night_areas_count_the_shared_strip_once_as_the_mosaic_draws_it(pair):
     assert areas.night.pixels.tolist() == mosaic_pixels.tolist()
     # Per scene, every pixel of each, as fcnrs areas says; their sum counts the
     # strip twice, by exactly the lower scene's labelled pixels under the top one's.
-    pd.testing.assert_frame_equal(areas.scenes, query_areas(find_outputs(out)))
+    pd.testing.assert_frame_equal(areas.scenes, query_areas(list_outputs(out)))
     twice = areas.scenes.groupby("class_id").pixels.sum().to_numpy() - mosaic_pixels
     hidden = under[(under != 255) & (top != 255)]
     assert twice.tolist() == np.bincount(hidden, minlength=4).tolist()
@@ -113,7 +109,7 @@ def test_night_areas_count_the_shared_strip_once_as_the_mosaic_draws_it(pair):
 
 def test_night_polygons_do_not_overlap_where_the_scenes_polygons_do(pair):
     out, west, east, east_on_top = pair
-    outputs = find_outputs(out)
+    outputs = list_outputs(out)
     done = write_night_polygons(outputs)
     assert done.path == night_polygons_path(out, "parquet") == out / "mosaic" / "polygons.parquet"
     night = gpd.read_parquet(done.path)
@@ -166,7 +162,7 @@ def test_a_scene_in_another_crs_is_counted_once_too(make_labels, tmp_path):
         transform=from_origin(lon, lat, 1e-4, 1e-4),
         tile_size=64,
     )
-    areas = night_areas(find_outputs(out))
+    areas = night_areas(list_outputs(out))
     with rasterio.open(build_mosaic(out).vrt) as src:
         drawn = src.read(1)
     mosaic_m2 = np.bincount(drawn[drawn != 255], minlength=4) * 100.0
@@ -174,7 +170,7 @@ def test_a_scene_in_another_crs_is_counted_once_too(make_labels, tmp_path):
     summed = areas.scenes.groupby("class_id").area_m2.sum().to_numpy()
     assert summed.sum() > 1.15 * mosaic_m2.sum()
     # The night's polygons, in the CRS both share most (a tie: the first by name, UTM).
-    night = gpd.read_parquet(write_night_polygons(find_outputs(out)).path)
+    night = gpd.read_parquet(write_night_polygons(list_outputs(out)).path)
     assert night.crs.to_epsg() == 32633 and set(night.scene) == {"a", "c"}
     overlap = night.geometry.area.sum() - shapely.union_all(night.geometry.values).area
     assert overlap < 0.002 * night.geometry.area.sum()  # slivers along warped pixel edges
@@ -204,7 +200,7 @@ def test_bad_nights_say_what_is_wrong(make_labels, tmp_path, capsys):
     make_labels(blocks(64, 64, 0), name="a.zarr", out_dir=out)
     make_labels(blocks(64, 64, 1), name="b.zarr", out_dir=out, classes=("land", "sea", "x", "y"))
     with pytest.raises(OutputError, match=r"b.zarr: classes \['land'.*differ from a's"):
-        night_areas(find_outputs(out))
+        night_areas(list_outputs(out))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit) as exit:
@@ -225,7 +221,7 @@ def test_fcnrs_areas_night_prints_one_row_per_class(make_labels, tmp_path, capsy
     assert fcnrs(["areas", str(out), "--night", "--format", "csv"]) == 0
     printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(printed.columns) == NIGHT_COLUMNS
-    expected = night_areas(find_outputs(out)).night
+    expected = night_areas(list_outputs(out)).night
     assert printed.pixels.tolist() == expected.pixels.tolist()
     np.testing.assert_allclose(printed.area_m2, expected.area_m2)
     # With a box (the strip's top half, in UTM): only the pixels whose centres are in it.

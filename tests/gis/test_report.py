@@ -14,8 +14,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from fcnrs.gis.areas import query_areas
-from fcnrs.gis.night import night_areas
-from fcnrs.gis.rasters import describe_output, find_outputs, list_outputs
+from fcnrs.gis.night_areas import night_areas
+from fcnrs.gis.rasters import describe_output, list_outputs
 from fcnrs.jobs.cli import main as fcnrs
 from fcnrs.pipeline.manifest import read_manifest, read_run_records
 from fcnrs.pipeline.storage import Location
@@ -151,7 +151,7 @@ def test_the_page_shows_the_night_as_the_manifest_and_the_area_query_say(night, 
         assert (model["tile_size"], model["overlap"], model["engine"]) == ("128", "32", "local")
 
         # Areas per scene (fcnrs areas) and for the night (fcnrs areas --night).
-        outputs = find_outputs(out)
+        outputs = list_outputs(out)
         per_scene = query_areas(outputs)
         whole = night_areas(outputs).night
         areas = rows_of(browser, "areas")

@@ -22,15 +22,11 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from fcnrs.gis.areas import query_areas
+from fcnrs.gis.polygons import VectorSettings, polygons
 from fcnrs.gis.rasters import open_label_raster
-from fcnrs.gis.vectors import (
-    SOURCE_KEY,
-    PixelPolygons,
-    VectorSettings,
-    pixel_polygons,
-    polygons,
-    vectorize,
-)
+from fcnrs.gis.strips import PixelPolygons, pixel_polygons
+from fcnrs.gis.vector_files import SOURCE_KEY
+from fcnrs.gis.vectors import vectorize
 
 UTM = from_origin(500_000, 4_000_000, 10, 10)
 #: 0.001-degree pixels whose top edge is at 60.3 N: pixels are half as wide as at the equator.

@@ -12,9 +12,9 @@ import shapely
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from fcnrs.gis.night import night_areas
-from fcnrs.gis.rasters import find_outputs, open_label_raster
-from fcnrs.gis.vectors import SETTINGS_KEY, SOURCE_KEY
+from fcnrs.gis.night_areas import night_areas
+from fcnrs.gis.rasters import list_outputs, open_label_raster
+from fcnrs.gis.vector_files import SETTINGS_KEY, SOURCE_KEY
 from fcnrs.jobs import segment_scenes
 from fcnrs.jobs.cli import main as fcnrs
 from fcnrs.pipeline.writing import read_attrs
@@ -130,7 +130,7 @@ def test_segment_scenes_vectors_format_chooses_the_format_and_adds_the_nights_la
     info = pyogrio.read_info(night)
     assert info["crs"] == "EPSG:32633" and info["geometry_type"] == "Polygon"
     layer = gpd.read_file(night)
-    whole = night_areas(find_outputs(out)).night
+    whole = night_areas(list_outputs(out)).night
     by_class = layer.groupby("class_id").area_m2.sum().reindex(whole.class_id, fill_value=0)
     np.testing.assert_allclose(by_class, whole.area_m2, rtol=1e-9)
     union = shapely.union_all(layer.geometry.values).area
