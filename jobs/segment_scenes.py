@@ -44,9 +44,10 @@ from fcnrs.gis.night_polygons import write_night_polygons
 from fcnrs.gis.rasters import list_outputs
 from fcnrs.gis.report import refresh_mosaic
 from fcnrs.gis.vector_files import FORMATS, Format
-from fcnrs.gis.vectors import vectorize
+from fcnrs.gis.vectors import Vectorized, vectorize
 from fcnrs.jobs import catalog
 from fcnrs.jobs import report as night_report
+from fcnrs.jobs.inputs import for_each_input
 from fcnrs.jobs.options import (
     add_bands,
     at_least,
@@ -248,18 +249,20 @@ def write_polygons(report: RunReport, out: str, *, fmt: Format = "parquet") -> i
     """Polygons of every scene done or skipped as done, then the night's layer
     of every published scene of ``out``; returns how many failed (logged, the
     label rasters untouched)."""
-    failed = 0
-    for row in report.rows:
-        if row.status not in ("done", "skipped"):
-            continue
-        try:
-            done = vectorize(row.output, fmt=fmt)
-        except Exception as exc:
-            failed += 1
-            log.error("%s: polygons failed (its labels are kept): %s", row.output, exc)
-            continue
-        what = "kept (current)" if done.kept else f"{done.features} polygons"
-        log.info("%s: %s", done.path, what)
+
+    def report_one(done: Vectorized) -> None:
+        log.info(
+            "%s: %s", done.path, "kept (current)" if done.kept else f"{done.features} polygons"
+        )
+
+    published = [row.output for row in report.rows if row.status in ("done", "skipped")]
+    failed = for_each_input(
+        published,
+        lambda output: vectorize(output, fmt=fmt),
+        done=report_one,
+        failure="polygons failed (its labels are kept)",
+        log=log,
+    )
     try:
         outputs = list_outputs(out)
         if outputs:
