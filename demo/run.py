@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from fcnrs.demo.scenes import CLASSES, COLORS, make_sample_scene
 from fcnrs.gis.areas import query_areas
 from fcnrs.gis.cog import export_cog
 from fcnrs.jobs import segment_scenes
 from fcnrs.pipeline.labels import NODATA
 from fcnrs.pipeline.reading import open_raster
+from fcnrs.synthetic.scenes import CLASSES, COLORS, make_sample_scene
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import train_in_process
 from fcnrs.training.metrics import Scores, confusion_matrix, scores

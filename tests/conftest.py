@@ -11,8 +11,8 @@ import rasterio
 import torch
 from rasterio.transform import Affine, from_origin
 
-from fcnrs.demo.scenes import smooth_field
 from fcnrs.fcn_model import FCN8s, save_checkpoint
+from fcnrs.synthetic.scenes import smooth_field
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
@@ -173,7 +173,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     chance, so "trained" is a fact, not a name."""
     import json
 
-    from fcnrs.demo.scenes import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
+    from fcnrs.synthetic.thin import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
     from fcnrs.training.data import LabeledScene
     from fcnrs.training.loop import train_in_process
     from fcnrs.training.settings import TrainSettings
