@@ -130,18 +130,7 @@ def make_sample_scene(
     tuple of pathlib.Path
         The image's path and the labels' path (None when ``label_path`` is None).
     """
-    rng = np.random.default_rng(seed)
-    fields = np.stack([smooth_field(rng, height, width, 90) for _ in CLASSES])
-    fields += 0.15 * np.stack([smooth_field(rng, height, width, 12) for _ in CLASSES])
-    labels = fields.argmax(axis=0).astype(np.uint8)
-    image = _SPECTRA[labels].transpose(2, 0, 1)
-    image *= 1 + 0.25 * (smooth_field(rng, height, width, 20)[None] - 0.5)  # illumination/texture
-    image += rng.normal(0, 120, image.shape).astype(np.float32)
-    image = np.clip(image, 1, 65535).astype(np.uint16)
-    invalid = np.zeros((height, width), dtype=bool)
-    invalid[:border] = invalid[:, :border] = True
-    image[:, invalid] = 0
-    labels[invalid] = NODATA
+    image, labels = _draw_sample(height, width, seed=seed, border=border)
     profile = dict(
         driver="GTiff",
         height=height,
@@ -165,6 +154,25 @@ def make_sample_scene(
         dst.write(labels, 1)
         dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(COLORS)})
     return image_path, label_path
+
+
+def _draw_sample(
+    height: int, width: int, *, seed: int, border: int
+) -> tuple[NDArray[np.uint16], NDArray[np.uint8]]:
+    """The sample scene's pixels ``(4, height, width)`` and labels, nodata border included."""
+    rng = np.random.default_rng(seed)
+    fields = np.stack([smooth_field(rng, height, width, 90) for _ in CLASSES])
+    fields += 0.15 * np.stack([smooth_field(rng, height, width, 12) for _ in CLASSES])
+    labels = fields.argmax(axis=0).astype(np.uint8)
+    image = _SPECTRA[labels].transpose(2, 0, 1)
+    image *= 1 + 0.25 * (smooth_field(rng, height, width, 20)[None] - 0.5)  # illumination/texture
+    image += rng.normal(0, 120, image.shape).astype(np.float32)
+    pixels = np.clip(image, 1, 65535).astype(np.uint16)
+    invalid = np.zeros((height, width), dtype=bool)
+    invalid[:border] = invalid[:, :border] = True
+    pixels[:, invalid] = 0
+    labels[invalid] = NODATA
+    return pixels, labels
 
 
 def write_large_scene(
@@ -218,13 +226,20 @@ def write_large_scene(
     with rasterio.open(path, "w", **profile) as dst:
         for row0 in range(0, height, strip):
             rows = np.arange(row0, min(row0 + strip, height), dtype=np.float32)[:, None]
-            out = np.empty((bands, rows.shape[0], width), dtype=np.uint16)
-            for b in range(bands):
-                wave = np.sin(cols / (97 + 31 * b)) * np.cos(rows / (131 + 17 * b))
-                out[b] = (5000 + 3000 * wave).astype(np.uint16)
-            disc = (rows - height / 2) ** 2 + (cols - width / 3) ** 2 < (
-                min(height, width) / 5
-            ) ** 2
-            out[:, disc] = 0
+            out = _waves(rows, cols, bands=bands, height=height, width=width)
             dst.write(out, window=((row0, row0 + rows.shape[0]), (0, width)))
     return Path(path)
+
+
+def _waves(
+    rows: NDArray[np.float32], cols: NDArray[np.float32], *, bands: int, height: int, width: int
+) -> NDArray[np.uint16]:
+    """The large scene's pixels at ``rows`` (a column) and ``cols`` (a row): waves
+    of a period of their own per band, 0 in a disc."""
+    out = np.empty((bands, rows.shape[0], cols.shape[1]), dtype=np.uint16)
+    for b in range(bands):
+        wave = np.sin(cols / (97 + 31 * b)) * np.cos(rows / (131 + 17 * b))
+        out[b] = (5000 + 3000 * wave).astype(np.uint16)
+    disc = (rows - height / 2) ** 2 + (cols - width / 3) ** 2 < (min(height, width) / 5) ** 2
+    out[:, disc] = 0
+    return out
