@@ -87,9 +87,28 @@ def write_scenes(out: Path) -> tuple[tuple[LabeledScene, ...], tuple[Path, Path]
 def demo_settings(
     scenes: tuple[LabeledScene, ...], out: Path, *, seconds: float, width: float
 ) -> TrainSettings:
-    """Fine-tuning settings: ``jobs/finetune.py``'s defaults (network, windows,
-    schedule, precision, class weights) for ``seconds``; the best epoch is picked
-    on the validation scene, the test scene stays unseen."""
+    """The demo's fine-tuning settings.
+
+    ``jobs/finetune.py``'s defaults (network, windows, schedule, precision, class
+    weights) for ``seconds``; the best epoch is picked on the validation scene,
+    the test scene stays unseen.
+
+    Parameters
+    ----------
+    scenes
+        The training and validation scenes (:func:`write_scenes`).
+    out
+        The fine-tuning run's folder.
+    seconds
+        Its wall time: the time limit, not a number of epochs, ends it.
+    width
+        The network's channel width multiplier.
+
+    Returns
+    -------
+    TrainSettings
+        The settings, with the training scenes' band statistics and class weights.
+    """
     settings = TrainSettings(
         scenes=scenes,
         classes=CLASSES,
@@ -125,7 +144,13 @@ def progress_printer() -> Callable[[dict[str, Any], Path | None], None]:
 
 
 def train(settings: TrainSettings) -> Path:
-    """Fine-tune in this process; returns the best checkpoint (``<out>/best``)."""
+    """Fine-tune in this process, printing a line per epoch.
+
+    Returns
+    -------
+    pathlib.Path
+        The best checkpoint, ``<settings.out>/best``.
+    """
     progress = train_in_process(settings, report=progress_printer())
     best = write_report(settings.out, progress.history)
     print(f"   best: epoch {best['epoch']}, {sum(h['steps'] for h in progress.history)} steps")
@@ -167,7 +192,21 @@ def segment(
 
 
 def score(labels_zarr: Path, truth_path: Path) -> tuple[Scores, bool]:
-    """Scores of a label raster against the truth, and whether nodata agrees."""
+    """Score a label raster against the truth.
+
+    Parameters
+    ----------
+    labels_zarr
+        The published label raster.
+    truth_path
+        The scene's label GeoTIFF, on the same grid.
+
+    Returns
+    -------
+    tuple
+        The scores (per-class IoU, mean IoU, pixel accuracy) and whether the
+        label raster's nodata pixels are exactly the truth's.
+    """
     pred = np.asarray(zarr.open_array(str(labels_zarr), path="labels", mode="r")[:])
     with open_raster(truth_path) as lab:
         truth = lab.read(1)
