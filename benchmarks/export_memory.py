@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnrs.demo.scenes import write_label_raster
+from fcnrs.synthetic.label_rasters import write_label_raster
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -44,7 +44,8 @@ import numpy as np
 import psutil
 import rasterio
 
-from fcnrs.demo.scenes import make_thin_structures_scene, random_checkpoint
+from fcnrs.synthetic.checkpoints import random_checkpoint
+from fcnrs.synthetic.thin import make_thin_structures_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "segment_scenes.py"
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     model = work / "zero.safetensors"
     if not model.exists():
-        random_checkpoint(model, width=0.125, bands=3)
+        random_checkpoint(model, width=0.125, bands=(1, 2, 3))
     rows = []
     for size in args.sizes:
         scene = aerial_scene(work / f"aerial{size}.tif", size)

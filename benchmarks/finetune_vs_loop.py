@@ -14,7 +14,7 @@ Datasets:
 - ``sen1floods``: Sen1Floods11 Spain_7370579 from ``../shared/realdata/``
   (13 bands, int16, hand labels with -1 ignored): train on rows 0-255, score rows
   256-511.
-- ``thin``: :func:`fcnrs.demo.scenes.make_thin_structures_scene`, 1024² at 1 m,
+- ``thin``: :func:`fcnrs.synthetic.thin.make_thin_structures_scene`, 1024² at 1 m,
   four classes with 2-4 px roads and rare buildings; train on seed 1 (uint8),
   score seed 2 (uint16, another nodata value).
 
@@ -36,7 +36,7 @@ import rasterio
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from fcnrs.demo.scenes import THIN_CLASSES, make_thin_structures_scene
+from fcnrs.synthetic.thin import THIN_CLASSES, make_thin_structures_scene
 from fcnrs.training.validation import score_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

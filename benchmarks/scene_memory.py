@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fcnrs.demo.scenes import random_checkpoint, write_large_scene
 from fcnrs.pipeline.planning import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+from fcnrs.synthetic.checkpoints import random_checkpoint
+from fcnrs.synthetic.scenes import write_large_scene
 
 CHILD = """
 import json, resource, sys, time

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import zarr
 
-from fcnrs.demo.scenes import write_large_scene
 from fcnrs.fcn_model import STRIDE, FCN8s, save_checkpoint
 from fcnrs.pipeline.labels import NODATA
 from fcnrs.pipeline.planning import plan_tiles
 from fcnrs.pipeline.reading import inspect_scene, open_raster
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
+from fcnrs.synthetic.scenes import write_large_scene
 
 
 def whole_scene_labels(scene: Path, model: Path, out: Path, precision: str) -> np.ndarray:
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tiling_agreement_"))
-    scene = Path(args.scene) if args.scene else write_large_scene(work / "scene.tif", 1000, 777)
+    scene = (
+        Path(args.scene) if args.scene else write_large_scene(work / "scene.tif", 1000, width=777)
+    )
     bands = [int(b) for b in args.bands.split(",")]
     info = inspect_scene(scene)
     with open_raster(scene) as src:  # normalisation from a decimated overview read

@@ -37,20 +37,14 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_vs_loop import REAL, write_rows
 
-from fcnrs.demo.scenes import (
-    CLASSES,
-    COLORS,
-    THIN_CLASSES,
-    THIN_COLORS,
-    make_sample_scene,
-    make_thin_structures_scene,
-)
 from fcnrs.fcn_model import read_meta
 from fcnrs.pipeline.context import measure_halo
 from fcnrs.pipeline.planning import DEFAULT_TILE_SIZE, plan_tiles
 from fcnrs.pipeline.reading import inspect_scene
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
+from fcnrs.synthetic.scenes import CLASSES, COLORS, make_sample_scene
+from fcnrs.synthetic.thin import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
 from fcnrs.training.context import record_best_halo
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import train_in_process

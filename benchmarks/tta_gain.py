@@ -31,11 +31,11 @@ import zarr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_vs_loop import DATASETS, Split
 
-from fcnrs.demo.scenes import THIN_COLORS
 from fcnrs.pipeline.inference import Predictor
 from fcnrs.pipeline.reading import open_raster
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
+from fcnrs.synthetic.thin import THIN_COLORS
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import train_in_process
 from fcnrs.training.metrics import confusion_matrix, scores

@@ -34,13 +34,13 @@ import numpy as np
 import rasterio
 import zarr
 
-from fcnrs.demo.scenes import random_checkpoint
 from fcnrs.fcn_model import read_meta
 from fcnrs.pipeline.batch_reading import SceneReader
 from fcnrs.pipeline.distributed.local import available_cpus
 from fcnrs.pipeline.inference import Predictor, resolve_precision
 from fcnrs.pipeline.planning import plan_batches
 from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
+from fcnrs.synthetic.checkpoints import random_checkpoint
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import train_in_process
 from fcnrs.training.sampling import band_statistics
@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"scenes in {work}; training a checkpoint for {args.train_seconds:.0f} s", flush=True)
     trained = trained_checkpoint(work, args.train_seconds)
-    random = random_checkpoint(work / "random.safetensors", width=0.25, bands=len(BANDS))
+    random = random_checkpoint(
+        work / "random.safetensors", width=0.25, bands=tuple(range(1, len(BANDS) + 1))
+    )
     same = ["--tile-size", str(args.core), "--overlap", str(args.halo)]
     configs = {
         "small": ("2048² same windows", small, trained, same),

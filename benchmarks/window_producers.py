@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fcnrs.demo.scenes import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
+from fcnrs.synthetic.thin import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.sampling import Prefetcher, WindowSampler, band_statistics
 from fcnrs.training.settings import TrainSettings

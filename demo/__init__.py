@@ -1,0 +1,1 @@
+"""The built-in demo: :mod:`.run` (its command line is ``jobs/demo.py``, ``fcnrs demo``)."""

@@ -23,8 +23,8 @@ import rasterio
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
-from fcnrs.demo.scenes import make_sample_scene
 from fcnrs.jobs.cli import main as fcnrs
+from fcnrs.synthetic.scenes import make_sample_scene
 
 HERE = Path(__file__).resolve().parent
 #: Scene size (rows, cols) and the UTM 33N corner of the night.

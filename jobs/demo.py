@@ -1,12 +1,15 @@
-"""Run the built-in demo: sample scenes, fine-tuning, the nightly job, scores, COG.
+"""Run the built-in demo: sample scenes, fine-tuning, segmentation, scores, COG.
 
     python jobs/demo.py [--out demo_out] [--train-seconds 60] [--width 0.125]
     fcnrs demo [--out demo_out]
 
-Writes two labeled sample scenes, fine-tunes a small FCN-8s on the first with
-the fine-tuning code (in this process, no Ray Train start-up), segments the
-second, unseen scene with the nightly job, prints its per-class IoU, mean IoU
-and pixel accuracy, exports a COG with a quicklook and prints the areas per class.
+Writes three labeled sample scenes, fine-tunes a small FCN-4s (the fine-tuning
+job's default architecture) on the first with the fine-tuning code (in this
+process, no Ray Train start-up), picking the best epoch on the second;
+segments the third, unseen scene as the segmentation job does (the local
+engine, or the Ray cluster under ``ray job submit``), prints its per-class IoU,
+mean IoU and pixel accuracy, exports a COG with a quicklook and prints the
+areas per class (:mod:`fcnrs.demo.run`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import sys
 from pathlib import Path
 
 from fcnrs.demo.run import run_demo
-from fcnrs.jobs.options import job_main
+from fcnrs.jobs.options import job_main, ray_starter
+from fcnrs.jobs.segment_scenes import choose_engine
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,11 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return run_demo(
-        Path(args.out), train_seconds=args.train_seconds, width=args.width, verbose=args.verbose
+        Path(args.out),
+        train_seconds=args.train_seconds,
+        width=args.width,
+        engine=choose_engine("auto"),
+        start_ray=ray_starter(args.verbose),
     )
 
 
 main = job_main(sys.modules[__name__])
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(None))

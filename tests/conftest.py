@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ import rasterio
 import torch
 from rasterio.transform import Affine, from_origin
 
-from fcnrs.demo.scenes import smooth_field
-from fcnrs.fcn_model import FCN8s, save_checkpoint
+from fcnrs.synthetic.checkpoints import random_checkpoint
+from fcnrs.synthetic.scenes import smooth_field
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
@@ -134,33 +135,13 @@ def make_scene(tmp_path) -> Callable[..., Path]:
 
 @pytest.fixture
 def make_checkpoint(tmp_path) -> Callable[..., Path]:
-    """Factory: a small random FCN-8s checkpoint. With He initialisation its labels
-    on the factory's scenes are far from one class (about 55/45/0/0.3%)."""
+    """Factory: a small random FCN-8s checkpoint in ``tmp_path``, ``name`` and the
+    options of :func:`~fcnrs.synthetic.checkpoints.random_checkpoint`. With He
+    initialisation its labels on the factory's scenes are far from one class
+    (about 55/45/0/0.3%)."""
 
-    def factory(
-        name: str = "model.safetensors",
-        *,
-        bands: Sequence[int] = (1, 2, 3),
-        classes: Sequence[str] = ("a", "b", "c", "d"),
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        width: float = 0.125,
-        seed: int = 0,
-        logit_scale: float = 1.0,
-    ) -> Path:
-        torch.manual_seed(seed)
-        model = FCN8s(len(classes), in_channels=len(bands), width=width)
-        with torch.no_grad():  # sharper probabilities, same argmax (score biases are 0)
-            for layer in (model.score_fr, model.score_pool4, model.score_pool3):
-                layer.weight.mul_(logit_scale)
-        return save_checkpoint(
-            tmp_path / name,
-            model,
-            classes=classes,
-            bands=bands,
-            mean=mean or [5000.0] * len(bands),
-            std=std or [3000.0] * len(bands),
-        )
+    def factory(name: str = "model.safetensors", **options: Any) -> Path:
+        return random_checkpoint(tmp_path / name, **options)
 
     return factory
 
@@ -173,7 +154,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     chance, so "trained" is a fact, not a name."""
     import json
 
-    from fcnrs.demo.scenes import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
+    from fcnrs.synthetic.thin import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
     from fcnrs.training.data import LabeledScene
     from fcnrs.training.loop import train_in_process
     from fcnrs.training.settings import TrainSettings

@@ -151,7 +151,7 @@ def test_trained_checkpoint_is_seamless_at_its_recorded_halo(
     scenes it never saw: the real Landsat scene and an odd-sized generated one,
     with 256-px tiles; and it costs at most 1.3 pixels computed per pixel written
     at the default 1536-px cores."""
-    from fcnrs.demo.scenes import make_thin_structures_scene
+    from fcnrs.synthetic.thin import make_thin_structures_scene
 
     meta = read_meta(trained_checkpoint)
     assert meta.halo is not None and meta.halo.halo <= 128

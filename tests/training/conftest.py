@@ -10,7 +10,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from fcnrs.demo.scenes import make_sample_scene
+from fcnrs.synthetic.scenes import make_sample_scene
 from fcnrs.training.data import LabeledScene
 
 

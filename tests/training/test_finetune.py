@@ -10,11 +10,11 @@ import time
 
 import psutil
 
-from fcnrs.demo.scenes import CLASSES
 from fcnrs.fcn_model import load_checkpoint
 from fcnrs.jobs import finetune
 from fcnrs.pipeline.segment import SegmentSettings, segment_scene
 from fcnrs.pipeline.writing import is_complete
+from fcnrs.synthetic.scenes import CLASSES
 
 
 def small_run(table, out, *extra: str) -> list[str]:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from fcnrs.demo.scenes import CLASSES
 from fcnrs.fcn_model import load_checkpoint
 from fcnrs.jobs import finetune as finetune_job
 from fcnrs.jobs.options import build_parser
 from fcnrs.pipeline.errors import SceneError
 from fcnrs.pipeline.storage import Location, local_copy
+from fcnrs.synthetic.scenes import CLASSES
 from fcnrs.training.data import read_scene_table
 from fcnrs.training.loop import train_in_process
 from fcnrs.training.trainer import settings_from_args

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from fcnrs.demo.scenes import CLASSES
 from fcnrs.fcn_model import FCN8s, load_checkpoint, save_checkpoint
+from fcnrs.synthetic.scenes import CLASSES
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.loop import (
     Budget,

@@ -8,9 +8,9 @@ import pytest
 import rasterio
 import torch
 
-from fcnrs.demo.scenes import CLASSES
 from fcnrs.pipeline.planning import Window
 from fcnrs.pipeline.reading import TileReader, normalize, open_raster
+from fcnrs.synthetic.scenes import CLASSES
 from fcnrs.training import sampling
 from fcnrs.training.data import LabeledScene
 from fcnrs.training.sampling import (

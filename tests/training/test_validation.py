@@ -7,7 +7,7 @@ import pytest
 import rasterio
 import torch
 
-from fcnrs.demo.scenes import CLASSES
+from fcnrs.synthetic.scenes import CLASSES
 from fcnrs.training.settings import TrainSettings
 from fcnrs.training.validation import val_metrics, validate
 

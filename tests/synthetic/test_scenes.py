@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import rasterio
 
-from fcnrs.demo.scenes import CLASSES, make_sample_scene
+from fcnrs.synthetic.scenes import CLASSES, make_sample_scene
 
 
 def test_sample_scene_has_four_separable_classes_and_a_nodata_border(tmp_path):
