@@ -49,4 +49,4 @@ def run(args: argparse.Namespace) -> int:
 main = job_main(sys.modules[__name__])
 
 if __name__ == "__main__":
-    sys.exit(main(None))
+    sys.exit(main())

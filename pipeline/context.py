@@ -58,12 +58,12 @@ MEASURE_MAX_SIDE = 1024
 #: so a tiled fp32 pass equals the whole-scene pass there.
 MAX_HALO = 512
 #: Added to the halo a network needs on the scenes it was measured on before it
-#: is recorded: scenes differ by about a stride in the halo they need (a
-#: thin-structures model needed 32 px on two unseen scenes of its kind, 64-96 px
-#: on its val scene and 96 px on the real Landsat scene, unlike anything it saw;
-#: README, *The halo comes from the checkpoint*). At the default 1536-px cores
-#: one stride costs about 0.07 pixels computed per pixel written.
-MARGIN = STRIDE
+#: is recorded: scenes unlike those can need more (a thin-structures model that
+#: needed 32 px on its val scene and on another of its kind needed 96 px on the
+#: real Landsat scene, where one stride of margin gave 99.82%; README, *The
+#: halo comes from the checkpoint*). Two strides cover that; at the default
+#: 1536-px cores each stride costs about 0.07 pixels computed per pixel written.
+MARGIN = 2 * STRIDE
 
 #: The halo of an *untrained* network of each variant and width: the largest,
 #: plus one stride, of the smallest halos with 99.9% agreement over 2 seeds, two

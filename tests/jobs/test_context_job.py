@@ -33,8 +33,8 @@ def test_context_measures_and_records_the_halo(make_scene, trained, capsys):
     halo = read_meta(ckpt).halo
     assert halo is not None and halo.scenes == (str(scene),) and halo.agreement >= 0.999
     assert f"halo {halo.halo:>3} px: {halo.agreement:.4%} of valid pixels agree" in printed
-    assert f"needs {halo.needed} px for 99.9% here; with a margin of 32 px" in printed
-    assert f"recorded in {ckpt}" in printed and halo.halo == halo.needed + 32
+    assert f"needs {halo.needed} px for 99.9% here; with a margin of {MARGIN} px" in printed
+    assert f"recorded in {ckpt}" in printed and halo.halo == halo.needed + MARGIN
     assert halo.tried[-2][0] == halo.needed and halo.tried[-1] == (halo.halo, halo.agreement)
     assert all(agreement < 0.999 for _, agreement in halo.tried[:-2])
     loaded = load_checkpoint(ckpt)[0].state_dict()

@@ -14,6 +14,7 @@ import zarr
 
 from fcnrs.fcn_model import HaloMeasurement, read_meta, record_halo
 from fcnrs.pipeline.context import (
+    MARGIN,
     UNTRAINED_HALO,
     default_halo,
     measure_halo,
@@ -82,16 +83,16 @@ def test_the_choice_is_logged_and_part_of_the_settings_identity(make_checkpoint,
 def test_measured_halo_is_the_smallest_that_agrees(make_scene, make_checkpoint, tmp_path):
     """Checked through the nightly job's own path: at the halo needed, tiles
     agree with a whole-scene pass on >= 99.9%; one stride less, they do not. The
-    halo recorded adds one stride of margin, its agreement measured too."""
+    halo recorded adds the margin, its agreement measured too."""
     scene = make_scene(height=700, width=650)  # the measure's region is the scene
     ckpt = make_checkpoint()
     measured = measure_halo(ckpt, [scene])
     # 256-px cores would be 3 x 3 at most; 224 px gives three across the 650 px.
     assert measured.tile_size == 224 and measured.scenes == (str(scene),)
     needed = measured.needed
-    assert needed is not None and 96 <= needed <= 256 and measured.halo == needed + 32
+    assert needed is not None and 96 <= needed <= 256 and measured.halo == needed + MARGIN
     halos = [h for h, _ in measured.tried]
-    assert halos == list(range(0, measured.halo + 1, 32))
+    assert halos == [*range(0, needed + 1, 32), needed + MARGIN]
     by_halo = dict(measured.tried)
     assert by_halo[needed] >= 0.999 > by_halo[needed - 32]
     assert measured.agreement == by_halo[measured.halo] >= 0.999

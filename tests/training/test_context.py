@@ -22,7 +22,7 @@ def test_fine_tuning_records_the_halo_measured_on_its_val_scene(trained_checkpoi
     assert meta.halo.scenes == (val,) and meta.halo.halo % 32 == 0
     assert meta.halo.agreement >= meta.halo.threshold == 0.999
     assert meta.halo.tile_size == 128  # three cores across the 320-px scene: dense seams
-    assert meta.halo.halo == meta.halo.needed + 32  # the margin for other scenes
+    assert meta.halo.halo == meta.halo.needed + MARGIN  # the margin for other scenes
     assert all(a < 0.999 for h, a in meta.halo.tried if h < meta.halo.needed)
     report = json.loads((trained_checkpoint.parent / "best_report.json").read_text())
     assert report["halo"] == json.loads(json.dumps(asdict(meta.halo)))
