@@ -53,7 +53,7 @@ from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
 from fcnrs.training.context import record_best_halo
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.loop import train_in_process
+from fcnrs.training.runners import train_in_process
 from fcnrs.training.settings import TrainSettings
 from fcnrs.training.trainer import with_statistics
 
