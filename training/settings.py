@@ -151,9 +151,20 @@ def setting_default(name: str) -> Any:
 
 
 def setting_argument(name: str) -> dict[str, Any]:
-    """``argparse`` keywords for a flag that sets :class:`TrainSettings`' field
-    ``name``: the field's default, and its choices (a ``Literal`` field) or its
-    type (``int``, ``float`` or ``str``; ``X | None`` gives ``X``)."""
+    """``argparse`` keywords for a flag that sets :class:`TrainSettings`' field ``name``.
+
+    Returns
+    -------
+    dict
+        ``default``: the field's; ``choices``: a ``Literal`` field's values, or
+        ``type``: the field's type (``int``, ``float`` or ``str``; ``X | None``
+        gives ``X``).
+
+    Raises
+    ------
+    KeyError
+        When ``name`` is not a field, or a field without a default.
+    """
     hint = get_type_hints(TrainSettings)[name]
     keywords: dict[str, Any] = {"default": setting_default(name)}
     if get_origin(hint) is Literal:

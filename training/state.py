@@ -146,8 +146,20 @@ def load_state(directory: str | Path) -> SavedState:
 def initial_state(
     settings: TrainSettings, checkpoint_dir: str | Path | None = None
 ) -> tuple[FCN, torch.optim.Optimizer, TrainingState]:
-    """Network, optimizer and training state of a fresh run, or as saved in
-    ``checkpoint_dir``."""
+    """Network, optimizer and training state of a fresh run, or as saved.
+
+    Parameters
+    ----------
+    settings
+        The run; its seed seeds the network's initialisation.
+    checkpoint_dir
+        A folder :func:`save_state` wrote (None: a fresh run).
+
+    Returns
+    -------
+    tuple
+        The network (on the CPU), its optimizer and the training state.
+    """
     torch.manual_seed(settings.seed)
     network = initial_network(settings)
     optimizer = make_optimizer(network, settings)

@@ -113,8 +113,21 @@ def class_counts(
 
 def class_weights(counts: np.ndarray, power: float) -> tuple[float, ...]:
     """Loss weights ``(1 / frequency) ** power``, scaled so that the average weight
-    over the labelled pixels is 1 (the loss keeps its scale); a class never seen
-    gets the largest weight of the seen ones. ``power`` 0 weighs all classes alike."""
+    over the labelled pixels is 1 (the loss keeps its scale).
+
+    Parameters
+    ----------
+    counts
+        Labelled pixels per class (:func:`class_counts`).
+    power
+        0 weighs all classes alike; a class never seen gets the largest weight of
+        the seen ones.
+
+    Returns
+    -------
+    tuple of float
+        One weight per class.
+    """
     freq = counts / max(counts.sum(), 1)
     seen = freq > 0
     w = np.ones(len(counts))

@@ -52,8 +52,16 @@ def default_bands(scenes: tuple[LabeledScene, ...]) -> tuple[int, ...]:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
-    """The run's settings from the job's arguments, with band statistics measured
-    on the training scenes."""
+    """The run's settings from the job's arguments, with band statistics and class
+    weights measured on the training scenes (:func:`with_statistics`).
+
+    Raises
+    ------
+    SceneError
+        When the scene table or a raster it lists is unusable.
+    ValueError
+        When ``--classes`` is, or a band has no valid value in the sampled windows.
+    """
     out = Location(args.out)
     scenes = tuple(read_scene_table(args.scenes))
     classes = parse_classes(args.classes)
@@ -183,11 +191,23 @@ def write_report(out: str | Path | Location, history: list[dict[str, Any]]) -> d
 
 
 def finetune(args: argparse.Namespace, *, settings: TrainSettings | None = None) -> int:
-    """The whole job (Ray must be initialised): 0 once ``OUT/best`` exists, else 1.
-    ``settings``: :func:`settings_from_args`'s, when the caller made them already.
+    """The whole job (Ray must be initialised): train on Ray Train, measure the
+    best network's halo, write the reports.
 
     ``--time-limit`` counts from this process's start, so Ray's and Ray Train's
     start-up, the band statistics, training, validation and the export all fit in it.
+
+    Parameters
+    ----------
+    args
+        The job's parsed arguments (``jobs/finetune.py``).
+    settings
+        :func:`settings_from_args`'s, when the caller made them already.
+
+    Returns
+    -------
+    int
+        The exit status: 0 once ``OUT/best`` exists, else 1.
     """
     import psutil
 
