@@ -141,7 +141,10 @@ def measure(
         args = (split, minutes, folder, extra) if runner is run_job else (split, minutes, folder)
         model, stats = runner(*args)  # type: ignore[operator]
         wall = time.time() - started
-        val = score_checkpoint(str(model), *map(str, split.test), ignore_value=split.ignore_value)
+        image, label = map(str, split.test)
+        val = score_checkpoint(
+            str(model), image=image, label=label, ignore_value=split.ignore_value
+        )
         rows.append(
             {
                 "dataset": split.name,

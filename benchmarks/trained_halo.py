@@ -47,7 +47,7 @@ from fcnrs.synthetic.scenes import CLASSES, COLORS, make_sample_scene
 from fcnrs.synthetic.thin import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
 from fcnrs.training.context import record_best_halo
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.loop import train_in_process
+from fcnrs.training.runners import train_in_process
 from fcnrs.training.settings import TrainSettings
 from fcnrs.training.trainer import with_statistics
 

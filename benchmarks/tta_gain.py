@@ -37,8 +37,8 @@ from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.pipeline.segment import segment_scene
 from fcnrs.synthetic.thin import THIN_COLORS
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.loop import train_in_process
 from fcnrs.training.metrics import confusion_matrix, scores
+from fcnrs.training.runners import train_in_process
 from fcnrs.training.settings import TrainSettings
 from fcnrs.training.trainer import with_statistics
 

@@ -42,9 +42,9 @@ from fcnrs.pipeline.planning import plan_batches
 from fcnrs.pipeline.scenes import SegmentSettings, plan_scene
 from fcnrs.synthetic.checkpoints import random_checkpoint
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.loop import train_in_process
-from fcnrs.training.sampling import band_statistics
+from fcnrs.training.runners import train_in_process
 from fcnrs.training.settings import TrainSettings
+from fcnrs.training.statistics import band_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "realdata"

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from fcnrs.synthetic.thin import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.sampling import Prefetcher, WindowSampler, band_statistics
+from fcnrs.training.prefetch import Prefetcher
 from fcnrs.training.settings import TrainSettings
+from fcnrs.training.statistics import band_statistics
+from fcnrs.training.windows import WindowSampler
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,8 @@ from fcnrs.pipeline.reading import open_raster
 from fcnrs.pipeline.scenes import SegmentSettings
 from fcnrs.synthetic.scenes import CLASSES, COLORS, make_sample_scene
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.loop import train_in_process
 from fcnrs.training.metrics import Scores, confusion_matrix, scores
+from fcnrs.training.runners import train_in_process
 from fcnrs.training.settings import TrainSettings
 from fcnrs.training.trainer import with_statistics, write_report
 

@@ -25,17 +25,80 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import get_args
 
-from fcnrs.fcn_model import VARIANTS, FCNModelError
+from fcnrs.fcn_model import FCNModelError
 from fcnrs.jobs.options import add_bands, job_main, model_meta, output_folder, ray_starter
 from fcnrs.pipeline.errors import PipelineError
 from fcnrs.pipeline.storage import Location, local_copy
+from fcnrs.training.settings import setting_argument, setting_default
+from fcnrs.training.state import ADAM_LR, SGD_LR
+from fcnrs.training.statistics import DEFAULT_WEIGHTING, Weighting
+from fcnrs.training.steps import DECAY_SHARE
 from fcnrs.training.trainer import finetune, settings_from_args
 
 log = logging.getLogger("fcnrs.finetune")
 
 
+#: The flags that set a training setting: (flag, ``TrainSettings`` field, help).
+SETTING_FLAGS: tuple[tuple[str, str, str | None], ...] = (
+    (
+        "--variant",
+        "variant",
+        "default %(default)s; fcn4s adds a pool2 skip to the paper's fcn8s: thin classes "
+        "and edges, same speed on CPU; fcn2s adds pool1",
+    ),
+    ("--width", "width", "channel width multiplier (default %(default)s)"),
+    ("--init-vgg16", "init_vgg16", "ImageNet VGG16 weights (torchvision layout)"),
+    ("--init", "init", "start from this checkpoint"),
+    ("--optimizer", "optimizer", "default %(default)s"),
+    ("--lr", "lr", f"peak rate (default: adam {ADAM_LR:g}, sgd {SGD_LR:g})"),
+    ("--steps-per-epoch", "steps_per_epoch", "default %(default)s"),
+    ("--batch-size", "batch_size", "windows per step per worker (default %(default)s)"),
+    ("--window", "window", "training window edge in pixels (default %(default)s)"),
+    ("--time-limit", "time_limit_minutes", "minutes; stops cleanly"),
+    ("--ignore-value", "ignore_value", "label value the loss ignores"),
+    ("--oversample-rare", "rare_class_oversampling", "0-1, redraw windows without rare classes"),
+    (
+        "--brightness",
+        "brightness",
+        "augment: scale each window's bands by a gain in [1-b, 1+b] (0 = off)",
+    ),
+    (
+        "--precision",
+        "precision",
+        "auto: bf16 autocast where the CPU/GPU runs it fast; weights stay fp32",
+    ),
+    (
+        "--schedule",
+        "schedule",
+        f"learning rate after a {setting_default('warmup_steps')}-step warm-up: wsd holds "
+        f"it, then decays it to 0 over the last {round(100 * DECAY_SHARE)}%% of the steps "
+        "or --time-limit",
+    ),
+    (
+        "--weight-init",
+        "weight_init",
+        "layers not loaded from --init/--init-vgg16: torch's defaults or He-normal",
+    ),
+    (
+        "--memory-budget",
+        "memory_budget_mb",
+        "MiB per worker: training scenes that fit are read once and held in memory",
+    ),
+    (
+        "--val-share",
+        "val_share",
+        "validation and checkpoints after the first take at most this share of the time",
+    ),
+    ("--seed", "seed", None),
+)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The job's flags: inputs, output and the worker group here; the training
+    settings' flags take their defaults, types and choices from
+    :class:`~fcnrs.training.settings.TrainSettings` (:func:`add_setting_arguments`)."""
     p.add_argument("--scenes", required=True, help="CSV with columns image,label,split")
     p.add_argument(
         "--out",
@@ -45,14 +108,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--classes", required=True, help="names (land,water) or a JSON/YAML file")
     add_bands(p, "1-based bands, e.g. 4,3,2 (default: all)")
-    p.add_argument(
-        "--variant",
-        choices=sorted(VARIANTS),
-        default="fcn4s",
-        help="fcn4s (default) adds a pool2 skip to the paper's fcn8s: thin classes and "
-        "edges, same speed on CPU; fcn2s adds pool1",
-    )
-    p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument(
@@ -62,72 +117,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="torch threads follow it (default: the most CPUs per worker with which "
         "every worker fits on the cluster's nodes)",
     )
-    p.add_argument("--init-vgg16", default=None, help="ImageNet VGG16 weights (torchvision layout)")
-    p.add_argument("--init", default=None, help="start from this checkpoint")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    p.add_argument("--lr", type=float, default=None, help="peak rate (adam 2e-3, sgd 1e-4)")
+    p.add_argument(
+        "--class-weighting",
+        choices=get_args(Weighting),
+        default=DEFAULT_WEIGHTING,
+        help="loss weights (1/class frequency)**0.5 or **1, measured on the training "
+        "scenes (default: %(default)s)",
+    )
+    p.add_argument("--max-failures", type=int, default=3)
+    add_setting_arguments(p)
+
+
+def add_setting_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of :data:`SETTING_FLAGS`: each takes its default, type and choices
+    from its :class:`~fcnrs.training.settings.TrainSettings` field
+    (:func:`~fcnrs.training.settings.setting_argument`), where the default is
+    written once. ``--epochs`` alone has none: without it, a time limit decides."""
+    for flag, name, help in SETTING_FLAGS:
+        p.add_argument(flag, help=help, **setting_argument(name))
     p.add_argument(
         "--epochs",
         type=int,
         default=None,
-        help="default: 10, or as many as --time-limit allows",
+        help=f"default: {setting_default('epochs')}, or as many as --time-limit allows",
     )
-    p.add_argument("--steps-per-epoch", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=4, help="windows per step per worker")
-    p.add_argument("--window", type=int, default=256, help="training window edge in pixels")
-    p.add_argument("--time-limit", type=float, default=None, help="minutes; stops cleanly")
-    p.add_argument("--ignore-value", type=int, default=None, help="label value the loss ignores")
-    p.add_argument(
-        "--oversample-rare",
-        type=float,
-        default=0.0,
-        help="0-1, redraw windows without rare classes",
-    )
-    p.add_argument(
-        "--brightness",
-        type=float,
-        default=0.0,
-        help="augment: scale each window's bands by a gain in [1-b, 1+b] (0 = off)",
-    )
-    p.add_argument(
-        "--class-weighting",
-        choices=["none", "sqrt", "inverse"],
-        default="sqrt",
-        help="loss weights (1/class frequency)**0.5 or **1, measured on the training scenes",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "bf16", "fp32"],
-        default="auto",
-        help="auto: bf16 autocast where the CPU/GPU runs it fast; weights stay fp32",
-    )
-    p.add_argument(
-        "--schedule",
-        choices=["wsd", "cosine", "constant"],
-        default="wsd",
-        help="learning rate after a 50-step warm-up: wsd holds it, then decays it to 0 "
-        "over the last 30%% of the steps or --time-limit",
-    )
-    p.add_argument(
-        "--weight-init",
-        choices=["pytorch", "he"],
-        default="pytorch",
-        help="layers not loaded from --init/--init-vgg16: torch's defaults or He-normal",
-    )
-    p.add_argument(
-        "--memory-budget",
-        type=float,
-        default=2048,
-        help="MiB per worker: training scenes that fit are read once and held in memory",
-    )
-    p.add_argument(
-        "--val-share",
-        type=float,
-        default=0.1,
-        help="validation and checkpoints after the first take at most this share of the time",
-    )
-    p.add_argument("--max-failures", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,10 +157,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     ray_starter(args.verbose)()  # a local Ray unless one is running or RAY_ADDRESS is set
-    return finetune(args, settings)
+    return finetune(args, settings=settings)
 
 
 main = job_main(sys.modules[__name__])
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(None))

@@ -156,7 +156,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 
     from fcnrs.synthetic.thin import THIN_CLASSES, THIN_COLORS, make_thin_structures_scene
     from fcnrs.training.data import LabeledScene
-    from fcnrs.training.loop import train_in_process
+    from fcnrs.training.runners import train_in_process
     from fcnrs.training.settings import TrainSettings
     from fcnrs.training.trainer import with_statistics
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path, PurePosixPath
+from typing import cast
 
 from fcnrs.fcn_model import default_colors
 from fcnrs.pipeline.errors import SceneError
@@ -128,8 +129,8 @@ def parse_classes(spec: str) -> ClassList:
     else:
         names = tuple(n.strip() for n in spec.split(",") if n.strip())
         colors = default_colors(len(names))
-    _check_classes(spec, names, colors)
-    return ClassList(names, colors)  # type: ignore[arg-type]
+    _check_classes(spec, names, colors)  # every colour is an RGB triple from here on
+    return ClassList(names, cast(tuple[tuple[int, int, int], ...], colors))
 
 
 def _check_classes(spec: str, names: Sequence[str], colors: Sequence[Sequence[int]]) -> None:

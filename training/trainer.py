@@ -2,14 +2,14 @@
 
 :func:`finetune` builds :class:`~fcnrs.training.settings.TrainSettings` from the
 job's arguments (scene table, classes, bands, band statistics), runs
-:func:`~fcnrs.training.loop.train_loop_per_worker` under a ``TorchTrainer``
+:func:`~fcnrs.training.runners.train_loop_per_worker` under a ``TorchTrainer``
 (workers, failures and checkpoints kept under ``OUT/ray_results``) and writes
 every epoch's record to ``OUT/report.json``. Re-running with the same ``OUT``
 continues from the last checkpoint Ray Train registered. ``OUT`` may be an
 ``s3://`` prefix: Ray Train then keeps its state there too, through a pyarrow
 S3 filesystem built from the same AWS variables
 (:func:`~fcnrs.pipeline.storage.arrow_filesystem`). Last, the halo the best
-model needs is measured and recorded in it (:mod:`fcnrs.training.context`).
+network needs is measured and recorded in ``OUT/best`` (:mod:`fcnrs.training.context`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,18 @@ from fcnrs.pipeline.storage import Location, arrow_filesystem
 
 from .context import record_best_halo
 from .data import LabeledScene, parse_classes, read_scene_table
-from .loop import Budget, load_state, train_loop_per_worker
-from .sampling import band_statistics, class_counts, class_weights
-from .settings import TrainSettings
+from .runners import train_loop_per_worker
+from .settings import TrainSettings, setting_default
+from .state import load_state
+from .statistics import (
+    DEFAULT_WEIGHTING,
+    WEIGHTING_POWERS,
+    Weighting,
+    band_statistics,
+    class_counts,
+    class_weights,
+)
+from .steps import Budget
 
 log = logging.getLogger("fcnrs.finetune")
 
@@ -43,8 +52,16 @@ def default_bands(scenes: tuple[LabeledScene, ...]) -> tuple[int, ...]:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
-    """The run's settings from the job's arguments, with band statistics measured
-    on the training scenes."""
+    """The run's settings from the job's arguments, with band statistics and class
+    weights measured on the training scenes (:func:`with_statistics`).
+
+    Raises
+    ------
+    SceneError
+        When the scene table or a raster it lists is unusable.
+    ValueError
+        When ``--classes`` is, or a band has no valid value in the sampled windows.
+    """
     out = Location(args.out)
     scenes = tuple(read_scene_table(args.scenes))
     classes = parse_classes(args.classes)
@@ -59,7 +76,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         width=args.width,
         window=args.window,
         batch_size=args.batch_size,
-        epochs=args.epochs or (UNLIMITED_EPOCHS if args.time_limit else 10),
+        epochs=args.epochs or (UNLIMITED_EPOCHS if args.time_limit else setting_default("epochs")),
         steps_per_epoch=args.steps_per_epoch,
         time_limit_minutes=args.time_limit,
         optimizer=args.optimizer,
@@ -79,10 +96,12 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return with_statistics(settings, weighting=args.class_weighting)
 
 
-def with_statistics(settings: TrainSettings, *, weighting: str = "sqrt") -> TrainSettings:
+def with_statistics(
+    settings: TrainSettings, *, weighting: Weighting = DEFAULT_WEIGHTING
+) -> TrainSettings:
     """``settings`` with the band statistics and the loss's class weights measured
     on its training scenes (sampled windows; ``weighting`` is a
-    :data:`WEIGHTING_POWERS` key)."""
+    :data:`~fcnrs.training.statistics.WEIGHTING_POWERS` key)."""
     scenes, seed = settings.scenes, settings.seed
     mean, std = band_statistics(scenes, settings.bands, seed=seed)
     log.info("band mean %s, std %s", [round(v, 1) for v in mean], [round(v, 1) for v in std])
@@ -98,9 +117,6 @@ def with_statistics(settings: TrainSettings, *, weighting: str = "sqrt") -> Trai
 
 #: Epochs of a time-limited run without ``--epochs``: the time limit ends it.
 UNLIMITED_EPOCHS = 1_000_000
-
-#: ``--class-weighting``: the power of the inverse class frequency in the loss weights.
-WEIGHTING_POWERS = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}
 
 
 def cpus_per_worker(args: argparse.Namespace) -> float:
@@ -129,18 +145,19 @@ def pack_cpus(nodes: list[tuple[float, float]], workers: int, *, use_gpu: bool) 
     return 1.0
 
 
-def make_trainer(settings: TrainSettings, args: argparse.Namespace, budget: Budget) -> Any:
+def make_trainer(settings: TrainSettings, args: argparse.Namespace, *, budget: Budget) -> Any:
     """A ``TorchTrainer`` running the per-worker loop on ``args.num_workers`` workers,
     restarting the group up to ``args.max_failures`` times from its last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     results = Location(settings.out) / "ray_results"
+    storage_filesystem = None
     if results.remote:  # the path inside the bucket, on a filesystem that reaches it
-        storage = {"storage_path": f"{results.bucket}/{results.key}"}
-        storage["storage_filesystem"] = arrow_filesystem()
+        storage_path = f"{results.bucket}/{results.key}"
+        storage_filesystem = arrow_filesystem()
     else:
-        storage = {"storage_path": str(results)}
+        storage_path = str(results)
 
     return TorchTrainer(
         train_loop_per_worker,
@@ -156,7 +173,8 @@ def make_trainer(settings: TrainSettings, args: argparse.Namespace, budget: Budg
         ),
         run_config=RunConfig(
             name="finetune",
-            **storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         ),
@@ -172,12 +190,24 @@ def write_report(out: str | Path | Location, history: list[dict[str, Any]]) -> d
     return json.loads(best.read_bytes()) if best.is_file() else {}
 
 
-def finetune(args: argparse.Namespace, settings: TrainSettings | None = None) -> int:
-    """The whole job (Ray must be initialised): 0 once ``OUT/best`` exists, else 1.
-    ``settings``: :func:`settings_from_args`'s, when the caller made them already.
+def finetune(args: argparse.Namespace, *, settings: TrainSettings | None = None) -> int:
+    """The whole job (Ray must be initialised): train on Ray Train, measure the
+    best network's halo, write the reports.
 
     ``--time-limit`` counts from this process's start, so Ray's and Ray Train's
     start-up, the band statistics, training, validation and the export all fit in it.
+
+    Parameters
+    ----------
+    args
+        The job's parsed arguments (``jobs/finetune.py``).
+    settings
+        :func:`settings_from_args`'s, when the caller made them already.
+
+    Returns
+    -------
+    int
+        The exit status: 0 once ``OUT/best`` exists, else 1.
     """
     import psutil
 
@@ -186,11 +216,11 @@ def finetune(args: argparse.Namespace, settings: TrainSettings | None = None) ->
     out = Location(settings.out)
     if not out.remote:
         out.path.mkdir(parents=True, exist_ok=True)
-    result = make_trainer(settings, args, budget).fit()
+    result = make_trainer(settings, args, budget=budget).fit()
     history: list[dict[str, Any]] = []
     if result.checkpoint:
         with result.checkpoint.as_directory() as d:
-            history = load_state(d).progress.history
+            history = load_state(d).training.history
     halo = record_best_halo(settings)
     best = write_report(out, history)
     print(

@@ -1,10 +1,14 @@
-"""Validation on whole val scenes, through the nightly job's tiled path.
+"""Validation on whole val scenes, through the segmentation job's tiled path.
 
 A val scene is cut with :func:`~fcnrs.pipeline.planning.plan_tiles`, read with
 :class:`~fcnrs.pipeline.reading.TileReader` and batched with
-:func:`~fcnrs.pipeline.reading.read_batch` exactly as inference does, so the
-score of a checkpoint here is the score the nightly job would get with it; each
-tile's core is scored against the label raster.
+:func:`~fcnrs.pipeline.reading.read_batch` exactly as inference does, and each
+tile's core is scored against the label raster. The tiling is the validation
+tiling (:data:`~fcnrs.training.settings.VAL_TILE_SIZE`-px tiles with a
+:data:`~fcnrs.training.settings.VAL_OVERLAP`-px overlap by default), not the
+segmentation job's (1536-px cores with the halo the checkpoint records): the
+score is that of the network at this tiling, the same for every epoch and every
+checkpoint scored here.
 """
 
 from __future__ import annotations
@@ -20,26 +24,39 @@ from fcnrs.pipeline.reading import TileReader, core_box, open_raster, read_batch
 
 from .data import LabeledScene
 from .metrics import confusion_matrix, scores
-from .sampling import read_targets
-from .settings import TrainSettings
+from .settings import VAL_OVERLAP, VAL_TILE_SIZE, TrainSettings
+from .windows import read_targets
 
 #: Tiles per forward pass while validating.
 VAL_BATCH = 4
 
 
-def validate(model: torch.nn.Module, settings: TrainSettings, device: torch.device) -> dict:
+def validate(
+    network: torch.nn.Module, settings: TrainSettings, *, device: torch.device
+) -> dict[str, Any]:
     """Segment every val scene through the tiled path and score it against its labels.
 
-    Returns ``mean_iou``, ``pixel_accuracy``, ``iou`` (per class name; None for a
-    class absent from labels and predictions) and ``confusion`` (rows: truth).
-    The model is left in training mode.
+    Parameters
+    ----------
+    network
+        Scored in eval mode, and left in training mode.
+    settings
+        The val scenes, classes, bands, normalisation and the validation tiling.
+    device
+        Where the network runs.
+
+    Returns
+    -------
+    dict
+        ``mean_iou``, ``pixel_accuracy``, ``iou`` (per class name; None for a
+        class absent from labels and predictions) and ``confusion`` (rows: truth).
     """
     n = len(settings.classes)
     cm = np.zeros((n, n), dtype=np.int64)
-    model.eval()
+    network.eval()
     for scene in settings.val_scenes:
-        cm += scene_confusion(model, settings, scene, device)
-    model.train()
+        cm += scene_confusion(network, settings, scene, device=device)
+    network.train()
     s = scores(cm)
     return {
         "mean_iou": s.mean_iou,
@@ -50,7 +67,11 @@ def validate(model: torch.nn.Module, settings: TrainSettings, device: torch.devi
 
 
 def scene_confusion(
-    model: torch.nn.Module, settings: TrainSettings, scene: LabeledScene, device: torch.device
+    network: torch.nn.Module,
+    settings: TrainSettings,
+    scene: LabeledScene,
+    *,
+    device: torch.device,
 ) -> np.ndarray:
     """Confusion matrix of one val scene; pixels inference labels nodata are left out."""
     n = len(settings.classes)
@@ -71,16 +92,19 @@ def scene_confusion(
             if batch is None:  # no valid pixel in these cores
                 continue
             with torch.inference_mode():
-                logits = model(torch.from_numpy(batch["image"]).to(device))
+                logits = network(torch.from_numpy(batch["image"]).to(device))
             pred = logits.argmax(1).cpu().numpy()
             for k, tile in enumerate(tiles):
-                cm += tile_confusion(label, tile, pred[k], batch["valid"][k], settings)
+                cm += tile_confusion(
+                    label, tile, pred=pred[k], valid=batch["valid"][k], settings=settings
+                )
     return cm
 
 
 def tile_confusion(
     label: rasterio.io.DatasetReader,
     tile: Tile,
+    *,
     pred: np.ndarray,
     valid: np.ndarray,
     settings: TrainSettings,
@@ -105,26 +129,41 @@ def val_metrics(val: dict[str, Any]) -> dict[str, float]:
 
 
 def score_checkpoint(
-    model_path: str,
+    model: str,
+    *,
     image: str,
     label: str,
-    *,
     ignore_value: int | None = None,
-    tile_size: int = 512,
-    overlap: int = 192,
-) -> dict:
-    """Score a checkpoint on a labeled scene through the nightly job's tiled path:
-    :func:`validate`'s result for that one scene (the checkpoint's own classes,
-    bands and normalisation), so any two models are scored the same way."""
+    tile_size: int = VAL_TILE_SIZE,
+    overlap: int = VAL_OVERLAP,
+) -> dict[str, Any]:
+    """Score a checkpoint on a labeled scene through the segmentation job's tiled
+    path, at the validation tiling unless told otherwise, so any two models are
+    scored the same way.
+
+    Parameters
+    ----------
+    model
+        The checkpoint file; its own classes, bands and normalisation are used.
+    image, label
+        The scene and its label raster (sharing a grid).
+    ignore_value
+        A label value left out of the scores (beyond the label file's nodata).
+    tile_size, overlap
+        The tiling.
+
+    Returns
+    -------
+    dict
+        :func:`validate`'s result for that one scene.
+    """
     from fcnrs.fcn_model import load_checkpoint
 
-    from .settings import TrainSettings
-
-    model, meta = load_checkpoint(model_path)
+    network, meta = load_checkpoint(model)
     settings = TrainSettings(
         scenes=(LabeledScene(image, label, "val"),),
         classes=tuple(meta.classes),
-        colors=tuple(tuple(c) for c in meta.colors),
+        colors=meta.colors,
         bands=tuple(meta.bands),
         out="",
         ignore_value=ignore_value,
@@ -133,4 +172,4 @@ def score_checkpoint(
         mean=tuple(meta.mean),
         std=tuple(meta.std),
     )
-    return validate(model, settings, torch.device("cpu"))
+    return validate(network, settings, device=torch.device("cpu"))

@@ -32,7 +32,7 @@ def test_the_recorded_halo_is_what_measuring_again_finds(tmp_path, labeled):
     _, scenes = labeled
     val = [sc for sc in scenes if sc.split == "val"]
     s = sample_settings(scenes, tmp_path, epochs=1, steps_per_epoch=2)
-    from fcnrs.training.loop import train_in_process
+    from fcnrs.training.runners import train_in_process
 
     train_in_process(s)
     recorded = read_meta(tmp_path / "best").halo

@@ -20,7 +20,7 @@ from fcnrs.pipeline.errors import SceneError
 from fcnrs.pipeline.storage import Location, local_copy
 from fcnrs.synthetic.scenes import CLASSES
 from fcnrs.training.data import read_scene_table
-from fcnrs.training.loop import train_in_process
+from fcnrs.training.runners import train_in_process
 from fcnrs.training.trainer import settings_from_args
 from tests.conftest import S3_CREDENTIALS
 from tests.files import tree_bytes

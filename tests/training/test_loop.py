@@ -15,24 +15,21 @@ import torch
 from fcnrs.fcn_model import FCN8s, load_checkpoint, save_checkpoint
 from fcnrs.synthetic.scenes import CLASSES
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.loop import (
-    Budget,
-    Pace,
-    Progress,
+from fcnrs.training.epoch_end import due_for_validation, end_epoch
+from fcnrs.training.prefetch import Prefetcher
+from fcnrs.training.runners import train_in_process
+from fcnrs.training.settings import TrainSettings
+from fcnrs.training.state import (
+    TrainingState,
     Worker,
-    due_for_validation,
-    end_epoch,
-    initial_model,
+    initial_network,
     initial_state,
     load_state,
-    lr_factor,
     make_optimizer,
-    run_epoch,
     save_state,
-    train_in_process,
 )
-from fcnrs.training.sampling import Prefetcher, WindowSampler
-from fcnrs.training.settings import TrainSettings
+from fcnrs.training.steps import Budget, Pace, lr_factor, run_epoch
+from fcnrs.training.windows import WindowSampler
 
 from .conftest import THRESHOLD, THRESHOLD_SIDE
 
@@ -79,23 +76,25 @@ def test_init_with_other_classes_keeps_the_trunk_and_resets_the_scores(tmp_path,
         width=0.125,
         init=str(path),
     )
-    child = initial_model(s)
+    child = initial_network(s)
     assert torch.equal(child.conv1_1.weight, parent.conv1_1.weight)
     assert torch.equal(child.fc7.weight, parent.fc7.weight)
     assert child.score_fr.weight.shape == (2, 512, 1, 1)
     same = TrainSettings(**{**s.__dict__, "classes": ("a", "b", "c"), "colors": ((0, 0, 0),) * 3})
-    assert torch.equal(initial_model(same).score_fr.weight, parent.score_fr.weight)
+    assert torch.equal(initial_network(same).score_fr.weight, parent.score_fr.weight)
 
 
 def test_training_state_round_trip(tmp_path, labeled):
     _, scenes = labeled
     s = sample_settings(scenes, tmp_path)
     model, optimizer, progress = initial_state(s)
-    assert progress == Progress(-1, -math.inf, [])
+    assert progress == TrainingState(-1, -math.inf, [])
     epoch(model, optimizer, s, steps=1)
-    saved = Progress(3, 0.75, [{"epoch": 3, "loss": 0.5, "confusion": [[1, 2], [3, 4]]}], 17, 2.5)
-    save_state(tmp_path, model, optimizer, saved)
-    assert load_state(tmp_path).progress == saved
+    saved = TrainingState(
+        3, 0.75, [{"epoch": 3, "loss": 0.5, "confusion": [[1, 2], [3, 4]]}], 17, 2.5
+    )
+    save_state(tmp_path, network=model, optimizer=optimizer, state=saved)
+    assert load_state(tmp_path).training == saved
     # A fresh start from the folder has the same weights and optimizer moments.
     model2, optimizer2, progress2 = initial_state(s, tmp_path)
     assert progress2 == saved
@@ -161,14 +160,20 @@ def run_end_of_epoch(s, model, progress, epoch) -> tuple[dict, list]:
 
     def report(metrics, directory: Path | None) -> None:
         reports.append((metrics, sorted(p.name for p in directory.iterdir())))
-        reports.append(load_state(directory).progress.epoch)
+        reports.append(load_state(directory).training.epoch)
 
-    worker = Worker(s, model, model, make_optimizer(model, s), torch.device("cpu"))
+    worker = Worker(
+        settings=s,
+        network=model,
+        wrapped=model,
+        optimizer=make_optimizer(model, s),
+        device=torch.device("cpu"),
+    )
     metrics = end_epoch(
         worker,
         progress,
-        {"epoch": epoch, "loss": 1.0, "steps": 10},
-        report,
+        metrics={"epoch": epoch, "loss": 1.0, "steps": 10},
+        report=report,
         validate_now=True,
         last=False,
         record={"ranks": []},
@@ -182,7 +187,7 @@ def test_end_epoch_exports_the_best_only_when_it_improves(tmp_path, labeled):
     model, _, _ = initial_state(s)
     best = tmp_path / "best"
     # Not better than the best so far: recorded and checkpointed, not exported.
-    progress = Progress(epoch=4, best=2.0)
+    progress = TrainingState(epoch=4, best=2.0)
     metrics, reports = run_end_of_epoch(s, model, progress, epoch=5)
     assert not best.exists() and progress.best == 2.0 and progress.epoch == 5
     assert progress.steps == 10 and progress.overhead_s >= metrics["val_seconds"] > 0
@@ -268,7 +273,7 @@ def test_validation_takes_a_bounded_share_of_the_time(tmp_path, labeled):
     _, scenes = labeled
     s = sample_settings(scenes, tmp_path, val_share=0.1)
     budget = Budget(time.time() - 40)
-    progress = Progress()
+    progress = TrainingState()
     assert due_for_validation(s, progress, budget, last=False)  # first: to measure it
     progress.history.append({"validated": True, "val_seconds": 4.0, "checkpoint_seconds": 1.0})
     progress.overhead_s = 5.0
@@ -277,7 +282,7 @@ def test_validation_takes_a_bounded_share_of_the_time(tmp_path, labeled):
     assert due_for_validation(s, progress, Budget(time.time() - 100), last=False)
     assert due_for_validation(s, progress, budget, last=True)
     train_only = sample_settings([sc for sc in scenes if sc.split == "train"], tmp_path)
-    assert not due_for_validation(train_only, Progress(), budget, last=True)
+    assert not due_for_validation(train_only, TrainingState(), budget, last=True)
 
 
 def test_without_val_scenes_the_last_model_is_exported(tmp_path, labeled):

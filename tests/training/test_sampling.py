@@ -11,15 +11,11 @@ import torch
 from fcnrs.pipeline.planning import Window
 from fcnrs.pipeline.reading import TileReader, normalize, open_raster
 from fcnrs.synthetic.scenes import CLASSES
-from fcnrs.training import sampling
+from fcnrs.training import prefetch, statistics, windows
 from fcnrs.training.data import LabeledScene
-from fcnrs.training.sampling import (
-    IGNORE_INDEX,
-    WindowSampler,
-    band_statistics,
-    read_labeled_window,
-)
 from fcnrs.training.settings import TrainSettings
+from fcnrs.training.statistics import band_statistics
+from fcnrs.training.windows import IGNORE_INDEX, WindowSampler, read_labeled_window
 
 from .conftest import THRESHOLD, THRESHOLD_SIDE, write_raster
 
@@ -220,7 +216,7 @@ def test_sampler_opens_each_file_once_and_epochs_reseed(labeled, monkeypatch, bu
         opened.append(str(path))
         return open_raster(path)
 
-    monkeypatch.setattr(sampling, "open_raster", counting_open)
+    monkeypatch.setattr(windows, "open_raster", counting_open)
     s = sampler_settings(
         scenes, batch_size=4, mean=(1000.0,) * 4, std=(800.0,) * 4, memory_budget_mb=budget_mb
     )
@@ -242,7 +238,7 @@ def test_memory_and_file_windows_are_equal_and_the_budget_decides(labeled, monke
     _, scenes = labeled
     s = sampler_settings(scenes, batch_size=4, mean=(1000.0,) * 4, std=(800.0,) * 4)
     # a.tif is 200 x 220 with 4 bands: 22 bytes a pixel, 0.92 MiB.
-    need = sampling.MemoryScene.bytes_needed((200, 220), 4)
+    need = windows.MemoryScene.bytes_needed((200, 220), 4)
     assert need == 200 * 220 * 22
     batches = {}
     for budget in (need / 2**20 - 0.01, need / 2**20):
@@ -262,11 +258,11 @@ def test_prefetched_batches_are_the_samplers_in_order_and_errors_reach_the_loop(
     fetched = {}
     for producers in (1, 3):  # however many threads make them: the same batches
         with WindowSampler(s, rank=0) as sampler:
-            with sampling.Prefetcher(sampler, 5, depth=2, producers=producers) as batches:
+            with prefetch.Prefetcher(sampler, 5, depth=2, producers=producers) as batches:
                 fetched[producers] = list(batches)
             assert batches.made_seconds > 0
             # Closed after two of five: the threads stop, nothing hangs.
-            with sampling.Prefetcher(sampler, 5, depth=2, producers=producers) as batches:
+            with prefetch.Prefetcher(sampler, 5, depth=2, producers=producers) as batches:
                 next(iter(batches))
             assert not batches._thread.is_alive()
     for got in fetched.values():
@@ -281,15 +277,15 @@ def test_prefetched_batches_are_the_samplers_in_order_and_errors_reach_the_loop(
         def plan(self, count):
             raise OSError("disk gone")
 
-    with pytest.raises(OSError, match="disk gone"), sampling.Prefetcher(Broken(s), 3) as batches:
+    with pytest.raises(OSError, match="disk gone"), prefetch.Prefetcher(Broken(s), 3) as batches:
         list(batches)
 
 
 def test_class_weights_balance_rare_classes_and_keep_the_loss_scale():
     counts = np.array([900, 90, 10, 0])
-    w = np.array(sampling.class_weights(counts, 0.5))
+    w = np.array(statistics.class_weights(counts, 0.5))
     freq = counts / counts.sum()
     assert (freq * w).sum() == pytest.approx(1.0)  # the average pixel weighs 1
     assert w[1] / w[0] == pytest.approx(np.sqrt(10)) and w[2] / w[0] == pytest.approx(np.sqrt(90))
     assert w[3] == w[2]  # unseen: the largest seen weight
-    assert sampling.class_weights(counts, 0.0) == (1.0,) * 4
+    assert statistics.class_weights(counts, 0.0) == (1.0,) * 4

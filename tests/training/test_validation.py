@@ -33,7 +33,7 @@ def test_every_valid_pixel_is_scored_once(labeled, tile_size):
         out="", mean=(1000.0,) * 4, std=(800.0,) * 4, val_tile_size=tile_size, val_overlap=32,
     )  # fmt: skip
     model = Constant(4, 2)
-    val = validate(model, s, torch.device("cpu"))
+    val = validate(model, s, device=torch.device("cpu"))
     with rasterio.open(scenes[1].image) as src, rasterio.open(scenes[1].label) as lab:
         valid = src.dataset_mask() > 0
         labels = lab.read(1)

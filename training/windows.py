@@ -1,4 +1,5 @@
-"""Training data: labeled windows, band statistics and the per-worker window sampler.
+"""Training windows: labeled windows as read, the scenes they are cut from, and
+the per-worker window sampler.
 
 Pixel validity follows the one rule of :func:`fcnrs.pipeline.reading.read_bands`
 (GDAL's per-band mask and finite values), exactly as inference reads scenes: a
@@ -11,11 +12,7 @@ pixel the image marks invalid, through :data:`IGNORE_INDEX`.
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import NamedTuple
 
@@ -85,74 +82,12 @@ def read_labeled_window(
     return LabeledWindow(raw, band_valid, target)
 
 
-def _random_window(rng: np.random.Generator, height: int, width: int, size: int) -> Window:
+def random_window(rng: np.random.Generator, *, height: int, width: int, size: int) -> Window:
     """A ``size`` x ``size`` window (clipped to the scene) at a uniform position."""
     h, w = min(size, height), min(size, width)
     row = int(rng.integers(0, height - h + 1))
     col = int(rng.integers(0, width - w + 1))
     return Window(row, col, h, w)
-
-
-def band_statistics(
-    scenes: Sequence[LabeledScene],
-    bands: Sequence[int],
-    *,
-    samples: int = 64,
-    size: int = 128,
-    seed: int = 0,
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-band mean and std over each band's valid values in random windows of
-    the training scenes (a sample, so huge scenes cost the same as small ones).
-
-    A band's statistics count that band's valid values only (:func:`read_bands`'
-    rule), the same values :func:`~fcnrs.pipeline.reading.normalize` keeps, so a
-    nodata value in one band never shifts its mean, and another band's nodata
-    never hides it.
-
-    Parameters
-    ----------
-    scenes
-        Labeled scenes; those with ``split == "train"`` are sampled, in turn.
-    bands
-        1-based band indexes.
-    samples, size
-        Number of windows and their edge in pixels (clipped to the scene).
-    seed
-        Seeds the window positions.
-
-    Returns
-    -------
-    tuple of tuple of float
-        ``(mean, std)``, one value per band; std is at least 1e-6.
-
-    Raises
-    ------
-    ValueError
-        When a band has no valid value in any sampled window.
-    """
-    rng = np.random.default_rng(seed)
-    sums = np.zeros(len(bands))
-    squares = np.zeros(len(bands))
-    counts = np.zeros(len(bands), dtype=np.int64)
-    train = [s for s in scenes if s.split == "train"]
-    for k in range(samples):
-        # One file open at a time: the table may list thousands of scenes.
-        with open_raster(train[k % len(train)].image) as src:
-            window = _random_window(rng, src.height, src.width, size)
-            raw, band_valid = read_bands(src, bands, window)
-        values = np.where(band_valid, raw, 0.0).astype(np.float64)
-        sums += values.sum(axis=(1, 2))
-        squares += (values**2).sum(axis=(1, 2))
-        counts += band_valid.sum(axis=(1, 2))
-    empty = [b for b, n in zip(bands, counts, strict=True) if n == 0]
-    if empty:
-        raise ValueError(
-            f"No valid value of band(s) {empty} found in the training scenes to compute "
-            "band statistics."
-        )
-    mean = sums / counts
-    std = np.sqrt(np.maximum(squares / counts - mean**2, 1e-12))
-    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-6)) for v in std)
 
 
 class FileScene:
@@ -228,132 +163,10 @@ def open_sources(settings: TrainSettings) -> list[FileScene | MemoryScene]:
                 sources[-1] = MemoryScene(source)
                 source.close()
     except BaseException:
-        for source in sources:
-            source.close()
+        for opened in sources:
+            opened.close()
         raise
     return sources
-
-
-def class_counts(
-    scenes: Sequence[LabeledScene],
-    settings: TrainSettings,
-    *,
-    samples: int = 64,
-    size: int = 256,
-    seed: int = 0,
-) -> np.ndarray:
-    """Labelled pixels per class in random windows of the training scenes (a
-    sample, like :func:`band_statistics`), for the loss's class weights."""
-    rng = np.random.default_rng(seed)
-    counts = np.zeros(len(settings.classes), dtype=np.int64)
-    train = [s for s in scenes if s.split == "train"]
-    for k in range(samples):
-        with open_raster(train[k % len(train)].label) as label:
-            window = _random_window(rng, label.height, label.width, size)
-            target = read_targets(
-                label,
-                window,
-                num_classes=len(settings.classes),
-                ignore_value=settings.ignore_value,
-            )
-        counts += np.bincount(target[target != IGNORE_INDEX], minlength=len(counts))
-    return counts
-
-
-def class_weights(counts: np.ndarray, power: float) -> tuple[float, ...]:
-    """Loss weights ``(1 / frequency) ** power``, scaled so that the average weight
-    over the labelled pixels is 1 (the loss keeps its scale); a class never seen
-    gets the largest weight of the seen ones. ``power`` 0 weighs all classes alike."""
-    freq = counts / max(counts.sum(), 1)
-    seen = freq > 0
-    w = np.ones(len(counts))
-    if power and seen.any():
-        w[seen] = freq[seen] ** -power
-        w[~seen] = w[seen].max()
-        w /= (freq * w).sum() if seen.any() else 1.0
-    return tuple(float(v) for v in w)
-
-
-class Prefetcher:
-    """Batches from a sampler, made ahead of the training step by ``producers``
-    threads, ``depth`` batches ahead.
-
-    One thread plans the batches in order (:meth:`WindowSampler.plan`: which
-    windows, which flips, turns and gains; the random streams are only ever used
-    there, in the sampler's order), and ``producers`` threads make them
-    (:meth:`WindowSampler.make`: reading from files, brightening, normalising,
-    augmenting, which release the GIL for most of their time), so the batches
-    are exactly the sampler's own, in order, however many threads make them.
-
-    Iterating yields exactly ``steps`` batches; :meth:`close` (or leaving the
-    ``with`` block) stops the threads early. :attr:`made_seconds` is the time the
-    producers spent making batches, so windows per producer-second can be
-    compared with the rate the model consumes them.
-    """
-
-    def __init__(
-        self, sampler: WindowSampler, steps: int, depth: int = 2, producers: int = 1
-    ) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-        self._stop = threading.Event()
-        self._steps = steps
-        self._pool = ThreadPoolExecutor(max(producers, 1), thread_name_prefix="window-make")
-        self.producers = max(producers, 1)
-        self.made_seconds = 0.0
-        self.waited_seconds = 0.0
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._plan, args=(sampler,), name="window-plan", daemon=True
-        )
-        self._thread.start()
-
-    def _plan(self, sampler: WindowSampler) -> None:
-        try:
-            for _ in range(self._steps):
-                recipes = sampler.plan(sampler.s.batch_size)
-                jobs = [self._pool.submit(self._make, sampler, r) for r in recipes]
-                if not self._put(jobs):
-                    return
-        except BaseException as exc:  # handed to the training thread
-            self._put(exc)
-
-    def _make(self, sampler: WindowSampler, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-        start = time.perf_counter()
-        made = sampler.make(recipe)
-        with self._lock:
-            self.made_seconds += time.perf_counter() - start
-        return made
-
-    def _put(self, item: object) -> bool:
-        """Queue ``item`` unless stopped first; False when stopped."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for _ in range(self._steps):
-            start = time.perf_counter()
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            windows = [job.result() for job in item]
-            self.waited_seconds += time.perf_counter() - start
-            yield stack(windows)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> Prefetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def stack(windows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -456,11 +269,12 @@ class WindowSampler:
         recipes = []
         for _ in range(count):
             item = self.draw()
-            gain = None
+            gain: np.ndarray | None = None
             if self.s.brightness:
                 b = self.s.brightness
-                gain = 1 + b * self.gain_rng.uniform(-1, 1)
-                gain = gain * (1 + b / 6 * self.gain_rng.standard_normal(item.raw.shape[0]))
+                overall = 1 + b * self.gain_rng.uniform(-1, 1)
+                per_band = self.gain_rng.standard_normal(int(item.raw.shape[0]))
+                gain = overall * (1 + b / 6 * per_band)
             flips = self.rng.integers(0, 2, 2)
             turns = int(self.rng.integers(0, 4))
             recipes.append(Recipe(item, gain, (bool(flips[0]), bool(flips[1])), turns))
