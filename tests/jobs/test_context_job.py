@@ -11,7 +11,7 @@ import zarr
 
 from fcnrs.fcn_model import checkpoint_digest, load_checkpoint, read_meta
 from fcnrs.jobs.cli import main as fcnrs
-from fcnrs.pipeline.context import UNTRAINED_HALO
+from fcnrs.pipeline.context import MARGIN, UNTRAINED_HALO
 from fcnrs.pipeline.manifest import read_manifest
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fcnrs.fcn_model import read_meta
-from fcnrs.pipeline.context import measure_halo
+from fcnrs.pipeline.context import MARGIN, measure_halo
 from fcnrs.training.context import record_best_halo
 from fcnrs.training.data import LabeledScene
 
