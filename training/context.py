@@ -24,11 +24,13 @@ from .settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
-#: Time the measurement takes, in validations of the same scenes (measured: X):
+#: Time the measurement takes, in validations of the same scenes (an estimate: one
+#: whole pass and, on the trained networks measured here, three tiled ones):
 #: a time-limited run keeps this much of its budget for it.
 MEASURE_VALIDATIONS = 3.0
 #: Seconds kept for it where a run has no val scenes and measures on the
-#: generated scene (measured: X s for a width-0.25 FCN-4s of 13 bands here).
+#: generated scene (`fcnrs context` took 6.5 s in all, start-up included, for a
+#: width-0.25 FCN-4s of 13 bands on this 2-core machine, loaded by other work).
 MEASURE_GENERATED_S = 10.0
 
 
