@@ -34,9 +34,12 @@ def _umask() -> int:
 
 
 @contextmanager
-def replaced_whole(path: str | PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
-    """A hidden file beside ``path`` (same suffix: GDAL drivers go by it) to
-    write the new content into; when the block succeeds it is fsynced, given
+def replaced_whole(
+    path: str | PathLike[str], *, mode: int | None = None, keep_suffix: bool = False
+) -> Iterator[Path]:
+    """A hidden file beside ``path`` to write the new content into (its name ends
+    in ``.tmp``, so no reader that lists the folder by suffix takes it for one of
+    its files, even when a crash leaves it behind); when the block succeeds it is fsynced, given
     ``mode`` and renamed over ``path``; when it fails, ``path`` is untouched and
     the hidden file removed.
 
@@ -46,6 +49,9 @@ def replaced_whole(path: str | PathLike[str], *, mode: int | None = None) -> Ite
         The file to replace (or create); its folder is created when missing.
     mode
         Permission bits (default: what the process umask allows, as ``open`` gives).
+    keep_suffix
+        End the hidden name in ``path``'s own suffix instead (GDAL and OGR
+        drivers choose the format by it).
 
     Yields
     ------
@@ -54,7 +60,10 @@ def replaced_whole(path: str | PathLike[str], *, mode: int | None = None) -> Ite
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}{path.suffix}")
+    tag = uuid.uuid4().hex
+    tmp = path.with_name(
+        f".{path.stem}.{tag}{path.suffix}" if keep_suffix else f".{path.name}.{tag}.tmp"
+    )
     try:
         yield tmp
         with tmp.open("rb") as fh:  # on disk before the rename makes it the file

@@ -269,7 +269,7 @@ class Location:
                 yield tmp
                 self.upload(tmp)
             return
-        with replaced_whole(self.path) as tmp:
+        with replaced_whole(self.path, keep_suffix=True) as tmp:
             try:
                 yield tmp
             finally:

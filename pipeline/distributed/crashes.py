@@ -96,7 +96,11 @@ class CrashRecord:
     def _fold_earlier(self) -> None:
         earlier = []
         for name in sorted(self.folder.list()):
-            if not name.endswith(".json") or self.folder / name == self.path:
+            if (
+                name.startswith(".")
+                or not name.endswith(".json")
+                or self.folder / name == self.path
+            ):
                 continue
             try:
                 record = json.loads((self.folder / name).read_bytes())

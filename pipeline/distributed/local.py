@@ -238,16 +238,21 @@ class LocalEngine:
         return len(self.flight)
 
     def room(self) -> int:
-        if not self.ready or self.broken:
+        """Free item slots: none until the worker runs (or while it is dead), one
+        while suspects remain, else up to the depth."""
+        if not self.ready or self.broken or not self.process.is_alive():
             return 0
         if self.suspects:  # one at a time, so that a death names its batch
             return 0 if self.flight else 1
         return self.depth - len(self.flight)
 
     def submit(self, item: WorkItem, request: BatchRequest) -> None:
+        """Send an item to the worker; if it has just died (a closed pipe), the
+        item stays in flight and :meth:`poll` accounts for it with the death."""
         self.seq += 1
         self.flight[self.seq] = item
-        self.conn.send(("submit", self.seq, request))
+        with contextlib.suppress(OSError):  # BrokenPipeError, ConnectionResetError
+            self.conn.send(("submit", self.seq, request))
 
     def forget(self, scene_id: int) -> None:
         """A scene is closed (failed): its batches will not come again."""
@@ -267,7 +272,10 @@ class LocalEngine:
             return CPU_BATCH  # the driver fails the scenes with the engine's reason
         if not self.ready:
             return None
-        self.conn.send(("batch_size", window))
+        try:
+            self.conn.send(("batch_size", window))
+        except OSError:  # it died: poll() starts another
+            return None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and self.ready:
             for message in self._receive(1.0):

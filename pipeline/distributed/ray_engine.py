@@ -17,9 +17,12 @@ exceptions:
   :class:`~.retries.StageError`, charged to its item;
 - a replica whose process dies (a segfaulting driver, a CUDA fault, the OOM
   killer, its node lost) is replaced at once by a fresh actor. The items it held
-  fail together; once all have come back, the oldest (the one it was running) is
-  charged and the others, which never ran, are retried for free. A death on a
-  live node looks like the OOM killer's work, so that item's retry is split;
+  fail together. A replica works on two at once (one in the model, the next
+  being prepared), so which one killed it is not known: when it held one, that
+  one is charged; when it held several, none is, and they become *suspects*,
+  run one at a time on the cluster until each has come back done or died alone
+  (and so been charged), as the local engine does. A death on a live node looks
+  like the OOM killer's work, so a charged item's retry is split;
 - a replica that cannot start (its constructor raises) :data:`START_FAILURES`
   times in a row with none running, or no replica running for
   ``start_timeout`` seconds (a cluster with no room left), marks the engine
@@ -109,6 +112,10 @@ def classify(exc: BaseException) -> tuple[Failure, bool]:
     return Failure.from_exception(exc), False
 
 
+def _tiles(item: WorkItem) -> set[tuple[int, tuple[int, int]]]:
+    return {(item.scene_id, t.index) for t in item.tiles}
+
+
 class RayEngine:
     """Runs work items on replicas of the model on the Ray cluster this process is
     connected to; :meth:`poll` returns each item's write summary, or its failure."""
@@ -145,6 +152,9 @@ class RayEngine:
         self.replicas: list[_Replica] = []
         self.flight: dict[Any, tuple[int, WorkItem, _Replica]] = {}
         self.seq = 0
+        #: (scene id, tile index) of items a replica held when it died with
+        #: others: they run one at a time until each is cleared or charged.
+        self.suspects: set[tuple[int, tuple[int, int]]] = set()
         self.start_failures = 0
         self.broken: str | None = None
         self.idle_since = time.monotonic()  # when the last running replica was lost
@@ -163,10 +173,14 @@ class RayEngine:
         return [r for r in self.replicas if not r.dead]
 
     def room(self) -> int:
+        """Free item slots over the live replicas; one at a time while suspects remain."""
+        if self.suspects:
+            return 0 if self.flight or not self._live() else 1
         return sum(r.depth - len(r.items) for r in self._live())
 
     def forget(self, scene_id: int) -> None:
-        """A scene is closed; nothing of it is held here."""
+        """A scene is closed (failed): its batches will not come again."""
+        self.suspects = {s for s in self.suspects if s[0] != scene_id}
 
     def batch_size(self, window: tuple[int, int]) -> int | None:
         """Tiles per batch for windows of this shape, as the first replica to
@@ -213,6 +227,7 @@ class RayEngine:
             try:
                 summary = ray.get(ref)
                 replica.finished(summary.replica_seconds)
+                self.suspects -= _tiles(item)  # it came back: not a killer
                 out.append((item, summary))
             except Exception as exc:
                 failure, lost = classify(exc)
@@ -259,12 +274,15 @@ class RayEngine:
         self._start()
 
     def _judge(self, replica: _Replica) -> list[tuple[WorkItem, Failure]]:
-        """The items a dead replica held: the oldest killed it, the rest never ran."""
+        """The items a dead replica held: one alone killed it; of several, none
+        is charged and each becomes a suspect (see the module's docstring)."""
         self.replicas.remove(replica)
         lost = sorted(replica.lost, key=lambda x: x[0])
-        out = [(lost[0][1], lost[0][2])]
-        out += [(item, Failure(f.reason, f.memory, charged=False)) for _, item, f in lost[1:]]
-        return out
+        if len(lost) == 1:
+            return [(lost[0][1], lost[0][2])]
+        for _, item, _ in lost:
+            self.suspects |= _tiles(item)
+        return [(item, Failure(f.reason, f.memory, charged=False)) for _, item, f in lost]
 
     def close(self) -> None:
         for actor in [*(r.actor for r in self.replicas), *self.starting.values()]:

@@ -251,3 +251,30 @@ def test_a_stop_by_signal_records_the_night_and_prints_the_summary(
     [row] = read_manifest(out).to_pylist()
     assert row["status"] == "interrupted" and sig.name in row["error"]
     assert not list((out / "manifest" / INFLIGHT_DIR).glob("*.json"))  # a clean stop
+
+
+def test_a_dead_runs_record_counts_once_whatever_its_writes_left_behind(tmp_path):
+    """A run killed while rewriting its crash record leaves a hidden copy beside
+    it; the next run counts the dead run's batches once (a copy counted again
+    convicted a batch after one death)."""
+    from fcnrs.pipeline.distributed.crashes import CrashRecord
+    from fcnrs.pipeline.storage import Location
+
+    folder = tmp_path / "manifest" / INFLIGHT_DIR
+    folder.mkdir(parents=True)
+    dead = {
+        "run_id": "a",
+        "host": "elsewhere",
+        "pid": 1,
+        "started": 0.0,
+        "written": 0.0,  # long ago, on another host: over
+        "ended": False,
+        "in_flight": [["out/s.zarr|1|1,1"]],
+        "deaths": {},
+    }
+    text = json.dumps(dead)
+    (folder / "run-a.json").write_text(text)
+    (folder / ".run-a.json.0123abcd.tmp").write_text(text)  # this version's leftovers
+    (folder / ".run-a.0123abcd.json").write_text(text)  # and one named as files once were
+    record = CrashRecord(Location(tmp_path), "b")
+    assert record.deaths == {"out/s.zarr|1|1,1": 1}

@@ -154,7 +154,9 @@ def run_script(script: str, *args: object, timeout: float = 300) -> dict:
         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The script's last line of JSON (Ray may print a dying node's notice after it).
+    line = [x for x in proc.stdout.splitlines() if x.startswith(("{", "["))][-1]
+    result = json.loads(line)
     result["log"] = proc.stderr
     return result
 

@@ -3,6 +3,8 @@ reads gets more of it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from functools import partial
 
@@ -11,8 +13,12 @@ import pytest
 from fcnrs.pipeline.distributed import run_scenes
 from fcnrs.pipeline.distributed.local import LocalEngine, available_cpus, default_depth
 from fcnrs.pipeline.distributed.ray_engine import DEPTH, MAX_DEPTH, RayEngine, _Replica
+from fcnrs.pipeline.distributed.retries import Failure, WorkItem
+from fcnrs.pipeline.planning import plan_batches
 from fcnrs.pipeline.scenes import SegmentSettings
 from tests import faults
+
+from .test_stages import _request
 
 SETTINGS = SegmentSettings(tile_size=64, overlap=32, batch_size=1)
 
@@ -118,3 +124,62 @@ def test_local_engine_threads_follow_the_cpus(make_checkpoint):
     finally:
         engine.close()
     assert not engine.process.is_alive()
+
+
+def test_a_batch_sent_to_a_worker_that_just_died_fails_with_it(planned):
+    """The driver may send a batch in the moment between the worker's death and
+    noticing it: the send must not raise (a broken pipe once ended the run); the
+    batch is charged with the death, and a fresh worker takes the next one."""
+    scene, ckpt, _, plan, _ = planned
+    args = dict(model=str(ckpt), device="cpu", precision="fp32", probabilities=False, threads=1)
+    engine = LocalEngine(args)
+    try:
+        deadline = time.monotonic() + 120
+        while engine.batch_size((128, 128)) is None and time.monotonic() < deadline:
+            pass
+        first = engine.process.pid
+        os.kill(first, signal.SIGKILL)
+        engine.process.join(10)
+        batch = plan_batches(plan.grid, 4)[0]
+        item = WorkItem(0, tuple(batch))
+        engine.submit(item, _request(scene, plan, batch))  # into a closed pipe
+        results = []
+        while not results and time.monotonic() < deadline:
+            results = engine.poll(1.0)
+        [(back, failure)] = results
+        assert back is item and isinstance(failure, Failure) and failure.charged
+        assert "the local worker process died (signal SIGKILL)" in failure.reason
+        while engine.batch_size((128, 128)) is None and time.monotonic() < deadline:
+            pass
+        assert engine.process.is_alive() and engine.process.pid != first
+    finally:
+        engine.close()
+
+
+def test_a_ray_replica_that_dies_holding_several_items_charges_none_of_them(planned):
+    """A replica works on two items at once, so which one killed it is unknown:
+    none is charged, each becomes a suspect, and suspects run one at a time on
+    the cluster; a replica that held one item charges it."""
+    _, _, _, plan, _ = planned
+    a, b = (WorkItem(0, tuple(batch)) for batch in plan_batches(plan.grid, 4)[:2])
+    died = Failure("the replica running it died (its process died: ActorDiedError)", True)
+    engine = RayEngine.__new__(RayEngine)  # its bookkeeping only: no cluster
+    engine.flight, engine.suspects = {}, set()
+    dead, live = _Replica(actor=None, dead=True), _Replica(actor=None)
+    dead.lost = [(2, b, died), (1, a, died)]
+    engine.replicas = [dead, live]
+    judged = engine._judge(dead)
+    assert [item for item, _ in judged] == [a, b]
+    assert not any(f.charged for _, f in judged)
+    assert engine.suspects == {(0, t.index) for t in (*a.tiles, *b.tiles)}
+    assert engine.room() == 1  # one at a time
+    engine.flight = {"ref": (3, a, live)}
+    assert engine.room() == 0
+    engine.forget(0)  # the scene closed: no suspects of it remain
+    engine.flight = {}
+    assert engine.room() == live.depth
+    alone = _Replica(actor=None, dead=True)
+    alone.lost = [(4, a, died)]
+    engine.replicas.append(alone)
+    [(item, failure)] = engine._judge(alone)
+    assert item is a and failure.charged
