@@ -43,8 +43,10 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
@@ -123,6 +125,23 @@ def _die_with_parent() -> None:
     driver killed with SIGKILL never leaves a worker writing behind it."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker(*args: Any) -> None:
+    """The worker process's body: :func:`_serve`, then an immediate exit. Its
+    work is flushed by then; running the C++ libraries' exit handlers while their
+    thread pools (torch's, GDAL's) still exist only printed ``terminate called
+    without an active exception`` and aborted."""
+    code = 0
+    try:
+        _serve(*args)
+    except BaseException:
+        code = 1
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _serve(
@@ -227,7 +246,7 @@ class LocalEngine:
     def _start(self) -> None:
         parent, child = self.context.Pipe()
         args = (child, self.predict_args, self.readers, self.writers, self.setup)
-        self.process = self.context.Process(target=_serve, args=args, name="fcnrs-worker")
+        self.process = self.context.Process(target=_worker, args=args, name="fcnrs-worker")
         self.process.start()
         child.close()
         self.conn = parent
