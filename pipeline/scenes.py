@@ -143,11 +143,17 @@ def plan_scene(
 ) -> ScenePlan:
     """Open a scene's header, check it fits the model, and cut it into tiles.
 
+    ``settings`` must carry the halo (:meth:`SegmentSettings.with_halo`): the plan
+    and the settings an output records must not disagree about it.
+
     Raises :class:`~fcnrs.pipeline.errors.SceneError` (naming the file) before any
     output is created when the scene is unreadable or its bands do not fit the model.
     """
+    if settings.overlap is None:
+        raise ValueError("plan_scene needs settings with the halo resolved (with_halo)")
     info = inspect_scene(scene)
     bands = resolve_bands(info, settings.bands or meta.bands, expected=meta.in_channels)
-    overlap = settings.overlap if settings.overlap is not None else default_halo(meta)[0]
-    grid = plan_tiles(info.height, info.width, tile_size=settings.tile_size, overlap=overlap)
+    grid = plan_tiles(
+        info.height, info.width, tile_size=settings.tile_size, overlap=settings.overlap
+    )
     return ScenePlan(info, bands, grid, Location(out_dir) / f"{scene_stem(scene)}.zarr")

@@ -88,24 +88,11 @@ class _Recent(Generic[T]):
             if retired is not None:
                 self.close(retired)
 
-    def clear(self) -> None:
-        with self.lock:
-            items = [v for v in self.items.values() if not self.users.get(id(v))]
-            self.items.clear()
-        for item in items:
-            self.close(item)
-
 
 # Per process: its threads share the reader of each scene they read (its decoded
 # pieces too) and the writer of each staging group they write.
 _READERS: _Recent[SceneReader] = _Recent(4, SceneReader.close)
 _WRITERS: _Recent[ChunkWriter] = _Recent(8)
-
-
-def close_cached() -> None:
-    """Close every reader this process holds (the local engine, at the end of a run)."""
-    _READERS.clear()
-    _WRITERS.clear()
 
 
 def warm_up() -> None:
